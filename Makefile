@@ -1,0 +1,31 @@
+# Every target installs what it needs first (see scripts/setup_runtime.py), so they all work
+# on a fresh clone of a fresh machine with only Python 3.11, pip and the registries.
+PYTHON ?= python3
+VENV_PY := .venv/bin/python
+PORT ?= 8188
+TINY ?=
+
+.PHONY: setup browser lint test run demo bench
+
+setup:
+	@$(PYTHON) scripts/setup_runtime.py
+
+# Debian's Chromium and its matching driver, for the browser end-to-end tests.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+lint: setup
+	$(VENV_PY) -m ruff check .
+
+test: setup browser lint
+	$(VENV_PY) -m pytest
+
+run: setup
+	$(VENV_PY) scripts/run_comfyui.py --port $(PORT)
+
+demo: setup
+	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,)
+
+bench: setup
+	$(VENV_PY) bench/run_all.py

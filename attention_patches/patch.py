@@ -1,0 +1,223 @@
+"""The attn2 replace patch: text attention (or the patch it wraps) + routed image attention.
+
+One :class:`MultiSubjectAttention` per cross-attention block holds every subject routing
+applied to the model (one :class:`SubjectRouting` per Apply node). Per-run state (step
+counter, phrase-map histories) lives in ``transformer_options`` under ``RUN_STATE_KEY``,
+put there by :func:`sampler_sample_wrapper` at the start of every sampling run, so runs
+never share state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from .auto_routing import AutoRouting, PhraseMapHistory, phrase_attention_maps, pseudo_routes
+from .layer_map import AttnKey
+from .recorder import RouteRecorder
+from .routed_attention import routed_image_attention
+from .routing import box_routes, route_groups
+from .subject_bank import SubjectBank
+
+log = logging.getLogger("comfyui_multisubject")
+
+RUN_STATE_KEY = "multisubject_run_state"
+WRAPPER_KEY = "comfyui_multisubject"
+POSITIVE = 0
+
+
+@dataclass
+class RunState:
+    """What one sampling run accumulates: completed steps and phrase-map histories."""
+
+    step: int = 0
+    histories: dict = field(default_factory=dict)
+
+    def history(self, owner: object, key: AttnKey) -> PhraseMapHistory:
+        return self.histories.setdefault((id(owner), key), PhraseMapHistory())
+
+
+@dataclass(eq=False)
+class SubjectRouting:
+    """The subjects of one Apply node, shared (never copied) by all its patches and clones."""
+
+    bank: SubjectBank
+    bank_patcher: object  # comfy.model_patcher.ModelPatcher owning ``bank``
+    boxes: torch.Tensor  # [S, 4] normalised x1, y1, x2, y2
+    downscales: dict[AttnKey, int]  # latent pixels per token at each patched layer
+    sigma_range: tuple[float, float] | None = None  # (start, end), sigmas decrease
+    feather: float = 0.0  # soft box edge, in latent pixels
+    auto: AutoRouting | None = None
+    recorder: RouteRecorder | None = None
+    _routes: dict = field(default_factory=dict, repr=False)
+    _tokens: dict = field(default_factory=dict, repr=False)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def is_active(self, extra_options: dict) -> bool:
+        if self.sigma_range is None:
+            return True
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.max())
+        start, end = self.sigma_range
+        return end <= sigma <= start
+
+    def box_routes(self, key: AttnKey, height: int, width: int, device: torch.device):
+        """([S, N] routes, groups) of the boxes at this layer's grid, computed once per grid."""
+        cache_key = (height, width, self.downscales.get(key, 1), device)
+        if cache_key not in self._routes:
+            feather_tokens = self.feather / self.downscales.get(key, 1)
+            routes = box_routes(self.boxes.to(device), height, width, feather_tokens)
+            self._routes[cache_key] = (routes, route_groups(routes))
+        return self._routes[cache_key]
+
+    def tokens(self, key: AttnKey, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's subject keys/values on ``device`` in ``dtype`` (cast once, then cached)."""
+        layer = self.bank.layer(key)
+        if layer.key.device == device and layer.key.dtype == dtype:
+            return layer.key, layer.value
+        cache_key = (key, device, dtype)
+        if cache_key not in self._tokens:
+            self._tokens[cache_key] = (layer.key.to(device, dtype), layer.value.to(device, dtype))
+        return self._tokens[cache_key]
+
+    def image_attention(
+        self,
+        key: AttnKey,
+        q: torch.Tensor,
+        k_text: torch.Tensor,
+        height: int,
+        width: int,
+        heads: int,
+        attention: Callable,
+        run: RunState | None,
+    ) -> torch.Tensor:
+        """Routed image-branch output [P, N, C] for the positive rows ``q``."""
+        keys, values = self.tokens(key, q.device, q.dtype)
+        routes, groups = self.box_routes(key, height, width, q.device)
+        step = run.step if run is not None else 0
+        if self.auto is not None and run is not None:
+            maps = phrase_attention_maps(q, k_text, heads, self.auto.phrase_tokens)
+            mean_maps, steps_seen = run.history(self, key).update(step, maps)
+            if steps_seen >= self.auto.start_step:
+                routes = pseudo_routes(mean_maps, self.auto.mask_threshold)
+                if self.recorder is not None:
+                    self.recorder.add(step, height, width, routes)
+                return torch.cat([
+                    routed_image_attention(q[row:row + 1], keys, values, route_groups(routes[row]), heads, attention)
+                    for row in range(q.shape[0])
+                ])
+        if self.recorder is not None:
+            self.recorder.add(step, height, width, routes)
+        return routed_image_attention(q, keys, values, groups, heads, attention)
+
+
+def positive_rows(cond_or_uncond: list[int], batch: int) -> slice | torch.Tensor | None:
+    """Rows of the positive chunks: a slice when contiguous, else an index tensor."""
+    chunk = batch // len(cond_or_uncond)
+    chunks = [i for i, kind in enumerate(cond_or_uncond) if kind == POSITIVE]
+    if not chunks:
+        return None
+    if chunks == list(range(chunks[0], chunks[-1] + 1)):
+        return slice(chunks[0] * chunk, (chunks[-1] + 1) * chunk)
+    return torch.tensor([row for i in chunks for row in range(i * chunk, (i + 1) * chunk)])
+
+
+class MultiSubjectAttention:
+    """attn2 replace patch for one cross-attention block."""
+
+    def __init__(self, key: AttnKey, routings: tuple[SubjectRouting, ...], base: Callable | None = None):
+        self.key = key
+        self.routings = routings
+        self.base = base  # a patch another pack (or an earlier node) put on this key
+
+    def with_routing(self, routing: SubjectRouting) -> MultiSubjectAttention:
+        return MultiSubjectAttention(self.key, self.routings + (routing,), self.base)
+
+    def __deepcopy__(self, memo):
+        return MultiSubjectAttention(self.key, self.routings, copy.deepcopy(self.base, memo))
+
+    def to(self, device_or_dtype):
+        """Our tensors are owned by the banks' ModelPatchers; forward the call to a wrapped patch."""
+        if self.base is not None and hasattr(self.base, "to"):
+            base = self.base.to(device_or_dtype)
+            if base is not self.base:
+                return MultiSubjectAttention(self.key, self.routings, base)
+        return self
+
+    def models(self) -> list:
+        models = [routing.bank_patcher for routing in self.routings]
+        if self.base is not None and hasattr(self.base, "models"):
+            models += self.base.models()
+        return models
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = extra_options["n_heads"]
+
+        def attention(q_, k_, v_, heads_):
+            return comfy_attention.optimized_attention(
+                q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
+            )
+
+        out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v, heads)
+        rows = positive_rows(extra_options.get("cond_or_uncond", [POSITIVE]), q.shape[0])
+        active = [r for r in self.routings if r.is_active(extra_options)] if rows is not None else []
+        if not active:
+            return out
+        height, width = extra_options["activations_shape"][-2:]
+        run = extra_options.get(RUN_STATE_KEY)
+        q_pos, k_pos = q[rows], k[rows]
+        image = active[0].image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run)
+        for routing in active[1:]:
+            image = image + routing.image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run)
+        if isinstance(rows, slice):
+            out[rows] += image.to(out.dtype)
+        else:
+            out.index_add_(0, rows.to(out.device), image.to(out.dtype))
+        return out
+
+
+def routings_in(transformer_options: dict) -> list[SubjectRouting]:
+    """Every distinct SubjectRouting reachable from the attn2 patches."""
+    found: dict[int, SubjectRouting] = {}
+    for patch in transformer_options.get("patches_replace", {}).get("attn2", {}).values():
+        while isinstance(patch, MultiSubjectAttention):
+            for routing in patch.routings:
+                found.setdefault(id(routing), routing)
+            patch = patch.base
+    return list(found.values())
+
+
+def sampler_sample_wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+    """Fresh run state per sampling run; steps counted by the sampler's own per-step callback."""
+    transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
+    run = RunState()
+    transformer_options[RUN_STATE_KEY] = run
+    for routing in routings_in(transformer_options):
+        if routing.recorder is not None:
+            routing.recorder.start_run()
+    warn_about_area_conditioning(getattr(guider, "conds", {}) or {})
+
+    def count_steps(step, x0, x, total_steps):
+        run.step = step + 1
+        if callback is not None:
+            return callback(step, x0, x, total_steps)
+
+    return executor(guider, sigmas, extra_args, count_steps, noise, *args, **kwargs)
+
+
+def warn_about_area_conditioning(conds: dict) -> None:
+    if any("area" in cond for cond in conds.get("positive", [])):
+        log.warning(
+            "Multi-subject attention: a positive prompt uses area conditioning; the sampler then runs that "
+            "prompt on a crop of the latent and the subject boxes are applied to the crop, not to the whole image."
+        )

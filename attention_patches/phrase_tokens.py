@@ -1,0 +1,63 @@
+"""Find each subject's phrase among the prompt's tokens, with ComfyUI's own tokenizer.
+
+Positions are indices into the text context the UNet sees: a prompt longer than 77 tokens
+becomes several 77-token chunks laid end to end. Matching is on token ids, so weights
+``(dog:1.2)``, punctuation and case do not matter. When several subjects share a phrase, the
+k-th of them takes the k-th occurrence ("a dog and a dog").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+class PhraseNotFoundError(ValueError):
+    pass
+
+
+def _word_tokenizer(tokenizer):
+    """The CLIP-L tokenizer inside a ComfyUI CLIP tokenizer (SDXL: its token positions match CLIP-G's)."""
+    return getattr(tokenizer, "clip_l", tokenizer)
+
+
+def prompt_tokens(tokenizer, text: str) -> list[tuple[int, int, int]]:
+    """(position in the context, token id, word id) of every real token of ``text``."""
+    chunks = _word_tokenizer(tokenizer).tokenize_with_weights(text, return_word_ids=True)
+    out = []
+    for c, chunk in enumerate(chunks):
+        for i, (token, _weight, word_id) in enumerate(chunk):
+            if word_id > 0 and isinstance(token, int):
+                out.append((c * len(chunk) + i, token, word_id))
+    return out
+
+
+def _words(tokenizer, tokens: list[tuple[int, int, int]]) -> list[str]:
+    by_word: dict[int, list[int]] = defaultdict(list)
+    for _pos, token, word_id in tokens:
+        by_word[word_id].append(token)
+    decode = _word_tokenizer(tokenizer).tokenizer.decode
+    return [decode(ids).strip() for _word, ids in sorted(by_word.items())]
+
+
+def locate_phrases(tokenizer, prompt: str, phrases: list[str]) -> tuple[tuple[int, ...], ...]:
+    """Context positions of each phrase's tokens, or a :class:`PhraseNotFoundError` naming what the prompt has."""
+    tokens = prompt_tokens(tokenizer, prompt)
+    ids = [token for _pos, token, _word in tokens]
+    seen: dict[str, int] = defaultdict(int)
+    located = []
+    for number, phrase in enumerate(phrases, start=1):
+        phrase_ids = [token for _pos, token, _word in prompt_tokens(tokenizer, phrase)]
+        starts = [i for i in range(len(ids) - len(phrase_ids) + 1) if phrase_ids and ids[i:i + len(phrase_ids)] == phrase_ids]
+        occurrence = seen[phrase]
+        seen[phrase] += 1
+        if occurrence >= len(starts):
+            found = ", ".join(f"'{w}'" for w in dict.fromkeys(_words(tokenizer, tokens))) or "nothing"
+            times = "" if not starts else f" {occurrence + 1} times (once per subject with that phrase)"
+            raise PhraseNotFoundError(
+                f"subject {number}'s phrase '{phrase}' is not in the prompt{times}; auto routing follows the "
+                f"model's attention to that phrase. Words in the prompt: {found}. Put the phrase in the prompt or "
+                "change the subject's phrase in Encode Reference."
+            )
+        start = starts[occurrence]
+        located.append(tuple(tokens[i][0] for i in range(start, start + len(phrase_ids))))
+    return tuple(located)

@@ -1,0 +1,1 @@
+"""Pure PyTorch modules and state-dict loaders (no ComfyUI imports)."""

@@ -1,0 +1,58 @@
+"""Read tensor checkpoints without ever running code from them.
+
+``.safetensors`` through safetensors, pickles only through ``torch.load(weights_only=True)``;
+nested dicts are flattened to dotted keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be read as a plain tensor checkpoint."""
+
+
+def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Flat ``{key: tensor}`` and the metadata (safetensors only) of ``path``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise error(f"{path.name} is truncated or not a valid .safetensors file ({e}). Download it again.") from e
+    if suffix not in PICKLE_SUFFIXES:
+        raise error(f"{path.name}: unsupported file type '{suffix}'; use .safetensors or a PyTorch .bin/.pth file")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise error(
+            f"{path.name} was refused: it contains Python objects other than tensors, and only plain tensor "
+            "checkpoints are loaded (torch.load with weights_only=True). Use the official file or a .safetensors "
+            "conversion from a source you trust."
+        ) from e
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
+        raise error(f"{path.name} is truncated or corrupt ({e}). Download it again.") from e
+    if not isinstance(obj, dict):
+        raise error(f"{path.name} holds a {type(obj).__name__}, not a dict of tensors")
+    return flatten(obj), {}
+
+
+def flatten(obj: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,32 @@
+"""The pack's nodes (V3 schema). Node ids carry the MSP_ prefix and are stable: saved workflows use them."""
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply_attention import ApplyMultiSubjectAttention
+from .draw_layout_box import DrawLayoutBox
+from .encode_reference import EncodeReference
+from .load_subject_encoder import LoadSubjectEncoder
+from .paths import register_model_folders
+from .router_mask_preview import RouterMaskPreview
+
+register_model_folders()
+
+NODES: list[type[io.ComfyNode]] = [
+    LoadSubjectEncoder,
+    EncodeReference,
+    DrawLayoutBox,
+    ApplyMultiSubjectAttention,
+    RouterMaskPreview,
+]
+
+
+class MultiSubjectExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> MultiSubjectExtension:
+    return MultiSubjectExtension()

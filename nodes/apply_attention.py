@@ -1,0 +1,103 @@
+"""Apply Multi-Subject Attention: patch a clone of the MODEL so every subject stays in its box."""
+
+from comfy_api.latest import io
+
+from ..attention_patches.auto_routing import AutoRouting
+from ..attention_patches.injection import ApplySettings, SubjectSetupError, apply_subjects
+from ..attention_patches.layer_map import SDXL_DOWNSCALES
+from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
+from ..attention_patches.recorder import RouteRecorder
+from ..attention_patches.route_preview import RoutePlan
+from .route_capture import routes_consumed
+from .types import CATEGORY, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
+
+NODE_NAME = "Apply Multi-Subject Attention"
+
+
+def parse_subject_scales(text: str) -> tuple[float, ...] | None:
+    """"0.5, 0.9" -> (0.5, 0.9); empty -> None (use ``scale`` for every subject)."""
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{NODE_NAME}: subject_scales must be numbers separated by commas, e.g. '0.5, 0.9'; got '{text}'") from None
+
+
+class ApplyMultiSubjectAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MSP_ApplyMultiSubjectAttention",
+            display_name=NODE_NAME,
+            category=CATEGORY,
+            description="MS-Diffusion: the subjects' tokens join every SDXL cross-attention, each routed to its box. "
+            "Returns a patched clone of the MODEL for any sampler.",
+            inputs=[
+                io.Model.Input("model"),
+                SubjectEncoderSocket.Input("subject_encoder"),
+                SubjectsSocket.Input("subjects"),
+                LayoutSocket.Input("layout"),
+                io.Float.Input("scale", default=0.6, min=0.0, max=3.0, step=0.05,
+                               tooltip="strength of the subjects (0.6; 0.4 for scene-like subjects)"),
+                io.String.Input("subject_scales", default="", optional=True,
+                                tooltip="one strength per subject, e.g. '0.5, 0.9'; replaces scale when given"),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
+                io.Boolean.Input("drop_grounding", default=False,
+                                 tooltip="ignore phrase and box when resampling (MS-Diffusion's drop_grounding_tokens)"),
+                io.Boolean.Input("auto_routing", default=False, optional=True,
+                                 tooltip="refine routes from the model's attention to each phrase (pseudo layout)"),
+                io.String.Input("prompt", multiline=True, default="", optional=True,
+                                tooltip="auto routing: the positive prompt text, to find each subject's phrase"),
+                io.Float.Input("mask_threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True),
+                io.Int.Input("start_step", default=5, min=1, max=1000, optional=True,
+                             tooltip="auto routing starts once this many steps have been seen"),
+                io.Float.Input("feather", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
+                               tooltip="soft box edges, in latent pixels (0 = exact MS-Diffusion boxes)"),
+            ],
+            outputs=[io.Model.Output(display_name="model"), RoutesSocket.Output(display_name="routes")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, subject_encoder, subjects, layout, scale: float, start_percent: float, end_percent: float,
+                drop_grounding: bool, subject_scales: str = "", auto_routing: bool = False, prompt: str = "",
+                mask_threshold: float = 0.5, start_step: int = 5, feather: float = 0.0) -> io.NodeOutput:
+        phrases = [s.phrase for s in subjects]
+        auto = None
+        if auto_routing:
+            auto = AutoRouting(cls._phrase_tokens(subjects, prompt), mask_threshold, start_step)
+        hidden = cls.hidden
+        capture = routes_consumed(hidden.prompt, hidden.unique_id) if hidden is not None else False
+        recorder = RouteRecorder() if capture else None
+        settings = ApplySettings(
+            scale=scale,
+            subject_scales=parse_subject_scales(subject_scales),
+            start_percent=start_percent,
+            end_percent=end_percent,
+            drop_grounding=drop_grounding,
+            feather=feather,
+            auto=auto,
+        )
+        try:
+            patched = apply_subjects(model, subject_encoder, tuple(subjects), layout, settings, recorder)
+        except SubjectSetupError as e:
+            raise SubjectSetupError(f"{NODE_NAME}: {e}") from e
+        return io.NodeOutput(patched, RoutePlan(layout, tuple(phrases), SDXL_DOWNSCALES, feather, recorder))
+
+    @staticmethod
+    def _phrase_tokens(subjects, prompt: str):
+        if not prompt.strip():
+            raise ValueError(
+                f"{NODE_NAME}: auto routing needs the positive prompt text in 'prompt' (the same text as the positive "
+                "CLIP Text Encode; convert both to an input and share one text node) to find each subject's phrase"
+            )
+        tokenizer = subjects[0].tokenizer if subjects else None
+        if tokenizer is None:
+            raise ValueError(f"{NODE_NAME}: auto routing needs subjects encoded with a CLIP (its tokenizer finds the phrases)")
+        try:
+            return locate_phrases(tokenizer, prompt, [s.phrase for s in subjects])
+        except PhraseNotFoundError as e:
+            raise PhraseNotFoundError(f"{NODE_NAME}: {e}") from e

@@ -1,0 +1,75 @@
+"""Draw Layout Box: where each subject goes, as normalised boxes (the canvas edits the STRING)."""
+
+from comfy_api.latest import io, ui
+
+from ..attention_patches.layout import (
+    CUSTOM_PRESET, PRESETS, Layout, LayoutBox, LayoutError, boxes_from_mask, boxes_to_json, make_layout, parse_boxes,
+    preset_boxes,
+)
+from .types import CATEGORY, LayoutSocket
+
+DEFAULT_BOXES = boxes_to_json(preset_boxes("two subjects"))
+
+
+class DrawLayoutBox(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MSP_DrawLayoutBox",
+            display_name="Draw Layout Box",
+            category=CATEGORY,
+            description="One box per subject, in subject order. Coordinates are fractions of the image "
+            "(x1, y1, x2, y2; origin top-left), so the layout fits any output size.",
+            inputs=[
+                io.String.Input(
+                    "boxes", multiline=True, default=DEFAULT_BOXES,
+                    tooltip='JSON list: [{"x1":0,"y1":0.25,"x2":0.5,"y2":0.75,"label":"dog"}, ...]; edited by the canvas',
+                ),
+                io.Int.Input("width", default=1024, min=64, max=16384, step=8, tooltip="the output width the boxes are drawn for"),
+                io.Int.Input("height", default=1024, min=64, max=16384, step=8, tooltip="the output height the boxes are drawn for"),
+                io.Combo.Input(
+                    "preset", options=[CUSTOM_PRESET, *PRESETS], default=CUSTOM_PRESET,
+                    tooltip="a layout from MS-Diffusion / MS-Bench instead of the drawn boxes",
+                ),
+                io.Image.Input("image", optional=True, tooltip="shown behind the boxes after a run (not used otherwise)"),
+                io.Mask.Input("mask", optional=True, tooltip="each connected region (or batch entry) becomes a box"),
+            ],
+            outputs=[LayoutSocket.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, boxes: str, preset: str) -> bool | str:
+        if preset != CUSTOM_PRESET or not isinstance(boxes, str) or not boxes.strip():
+            return True  # a preset, a linked STRING or a MASK supplies the boxes; checked when run
+        try:
+            parse_boxes(boxes)
+        except LayoutError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, boxes: str, width: int, height: int, preset: str, image=None, mask=None) -> io.NodeOutput:
+        try:
+            if mask is not None:
+                labels = [b.label for b in _labels_source(boxes)]
+                derived = boxes_from_mask(mask)
+                layout = Layout(
+                    tuple(LayoutBox(b.x1, b.y1, b.x2, b.y2, labels[i] if i < len(labels) else "") for i, b in enumerate(derived)),
+                    width, height,
+                )
+            else:
+                layout = make_layout(boxes, width, height, preset)
+        except LayoutError as e:
+            raise LayoutError(f"Draw Layout Box: {e}") from e
+        shown = {"msp_layout": [layout.to_json()]}
+        if image is not None:
+            shown.update(ui.PreviewImage(image[:1], cls=cls).as_dict())
+        return io.NodeOutput(layout, ui=shown)
+
+
+def _labels_source(text: str) -> tuple[LayoutBox, ...]:
+    """The drawn boxes, only for their labels (a MASK supplies the geometry)."""
+    try:
+        return parse_boxes(text)
+    except LayoutError:
+        return ()

@@ -1,0 +1,66 @@
+"""Encode Reference: one subject (views + phrase) appended to the subject list."""
+
+import torch
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..attention_patches.layout import parse_single_box
+from ..attention_patches.references import Subject, blank_background, encode_phrase, segment_views, split_reference
+from .paths import SAM_FOLDER
+from .types import CATEGORY, SubjectsSocket
+
+NO_BACKGROUND_REMOVAL = "none"
+
+
+class EncodeReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MSP_EncodeReference",
+            display_name="Encode Reference",
+            category=CATEGORY,
+            description="Encodes one subject: its reference image(s) with CLIP-ViT-bigG and its phrase with SDXL's "
+            "CLIP-L. Chain several to build the subject list; their order is the order of the layout boxes.",
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-bigG: clip_vision_g.safetensors"),
+                io.Clip.Input("clip", tooltip="the SDXL checkpoint's CLIP; the phrase is encoded with its CLIP-L"),
+                io.Image.Input("image", tooltip="the subject; a batch is several views of the same subject (averaged)"),
+                io.String.Input("phrase", default="", tooltip="the subject's noun as it appears in the prompt, e.g. 'dog'"),
+                io.Mask.Input("mask", optional=True, tooltip="white = subject; the background is blanked before encoding"),
+                io.Custom("MSP_SUBJECTS").Input("subjects", optional=True, tooltip="subjects encoded so far"),
+                io.Combo.Input(
+                    "background_removal",
+                    options=[NO_BACKGROUND_REMOVAL] + folder_paths.get_filename_list(SAM_FOLDER),
+                    default=NO_BACKGROUND_REMOVAL,
+                    optional=True,
+                    tooltip="a segment-anything model from models/sams cuts the subject out of the reference",
+                ),
+                io.String.Input(
+                    "sam_box", default="", optional=True,
+                    tooltip="where the subject is in the reference for SAM: x1,y1,x2,y2 as fractions (empty = whole image); "
+                    "a connected mask is used instead when given",
+                ),
+            ],
+            outputs=[
+                SubjectsSocket.Output(display_name="subjects"),
+                io.Mask.Output(display_name="mask", tooltip="the mask actually applied to the reference"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip_vision, clip, image, phrase: str, mask=None, subjects=None,
+                background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "") -> io.NodeOutput:
+        phrase = phrase.strip()
+        if not phrase:
+            raise ValueError("Encode Reference: the phrase is empty; give the subject's noun as it appears in the prompt, e.g. 'dog'")
+        rgb, subject_mask = split_reference(image, mask)
+        if background_removal != NO_BACKGROUND_REMOVAL:
+            box = parse_single_box(sam_box, "sam_box") if sam_box.strip() else None
+            subject_mask = segment_views(folder_paths.get_full_path_or_raise(SAM_FOLDER, background_removal), rgb, box, subject_mask)
+        pixels = rgb if subject_mask is None else blank_background(rgb, subject_mask)
+        features = clip_vision.encode_image(pixels, crop=False)["penultimate_hidden_states"]
+        subject = Subject(phrase, features.float().cpu(), encode_phrase(clip, phrase).cpu(), clip.tokenizer)
+        if subject_mask is None:
+            subject_mask = torch.ones(rgb.shape[:3])
+        return io.NodeOutput(tuple(subjects or ()) + (subject,), subject_mask.cpu())

@@ -1,0 +1,66 @@
+"""Router Mask Preview: see where each subject was routed, and reuse the routes as masks."""
+
+import torch
+
+from comfy_api.latest import io, ui
+
+from ..attention_patches.route_preview import LATENT_SCALE, render
+from .types import CATEGORY, RoutesSocket
+
+NODE_NAME = "Router Mask Preview"
+FINAL = "final"
+
+
+def parse_steps(text: str, recorded: list[int]) -> list[int]:
+    """Chosen steps among the recorded ones: 'final', or indices like '5, 10, final'."""
+    chosen = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        if part == FINAL:
+            step = recorded[-1] if recorded else None
+        else:
+            try:
+                step = int(part)
+            except ValueError:
+                raise ValueError(f"{NODE_NAME}: steps must be 'final' or step numbers like '5, 10, final'; got '{part}'") from None
+            if recorded and step not in recorded:
+                raise ValueError(f"{NODE_NAME}: step {step} was not recorded; the last run recorded steps {recorded[0]}..{recorded[-1]}")
+        if step is not None and step not in chosen:
+            chosen.append(step)
+    return chosen
+
+
+class RouterMaskPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MSP_RouterMaskPreview",
+            display_name=NODE_NAME,
+            category=CATEGORY,
+            description="Shows each subject's route in its own colour: the layout's boxes at every UNet resolution "
+            "and, after sampling with auto routing, the routes the model used. MASK outputs one mask per subject.",
+            inputs=[
+                RoutesSocket.Input("routes"),
+                io.Latent.Input("latent", tooltip="the sampler's output: its size, and it makes this node run after sampling"),
+                io.Image.Input("image", optional=True, tooltip="draw the routes over this image (e.g. the decoded result)"),
+                io.String.Input("steps", default=FINAL, optional=True,
+                                tooltip="which sampling steps of the dynamic routes to show: 'final' or e.g. '5, 10, final'"),
+            ],
+            outputs=[io.Image.Output(display_name="preview"), io.Mask.Output(display_name="masks")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, routes, latent, image=None, steps: str = FINAL) -> io.NodeOutput:
+        latent_h, latent_w = latent["samples"].shape[-2:]
+        height, width = (image.shape[1], image.shape[2]) if image is not None else (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
+        recorded = routes.recorder.steps if routes.recorder is not None else []
+        panels = [(f"boxes {h}x{w}", r) for (h, w), r in sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)]
+        chosen = parse_steps(steps, recorded)
+        for step in chosen:
+            for (h, w), r in sorted(routes.recorder.routes_at(step).items(), reverse=True):
+                panels.append((f"step {step + 1} {h}x{w}", r))
+        masks = routes.image_masks(height, width, chosen[-1] if chosen else None)
+        sheet = render(panels, routes.phrases, (height, width), image)
+        return io.NodeOutput(sheet, masks.to(torch.float32), ui=ui.PreviewImage(sheet, cls=cls))

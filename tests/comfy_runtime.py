@@ -1,0 +1,29 @@
+"""Where the embedded ComfyUI lives, and how to import it in-process (CPU, before model_management)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+COMFYUI_ROOT = Path(os.environ.get("MSP_COMFYUI_ROOT", PACK_ROOT / ".runtime" / "ComfyUI"))
+GOLDEN_CANDIDATES = [
+    Path(p) for p in (os.environ.get("MSP_GOLDEN_DIR"), PACK_ROOT.parent / "shared" / "golden" / "msdiffusion",
+                      Path("/work/shared/golden/msdiffusion")) if p
+]
+
+
+def golden_dir() -> Path | None:
+    return next((p for p in GOLDEN_CANDIDATES if (p / "cases.json").exists()), None)
+
+
+def import_comfy() -> None:
+    if not (COMFYUI_ROOT / "main.py").exists():
+        raise RuntimeError(f"no ComfyUI at {COMFYUI_ROOT}: run `make setup` (or set MSP_COMFYUI_ROOT)")
+    if str(COMFYUI_ROOT) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_ROOT))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu at import)

@@ -1,0 +1,74 @@
+"""Shared fixtures: the real ComfyUI in-process on CPU, the pack, tiny models, the goldens."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_runtime import golden_dir, import_comfy  # noqa: E402
+
+import_comfy()
+
+from msp_package import load_pack, pack  # noqa: E402
+
+load_pack()
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The official-module outputs; missing goldens fail in CI and skip elsewhere."""
+    from safetensors.torch import load_file
+
+    folder = golden_dir()
+    if folder is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the MS-Diffusion goldens are missing (expected ../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
+        pytest.skip("MS-Diffusion goldens not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
+
+    class Golden:
+        path = folder
+        cases = json.loads((folder / "cases.json").read_text())
+
+        @staticmethod
+        def tensors(name: str) -> dict:
+            return load_file(str(folder / f"{name}.safetensors"))
+
+    return Golden
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import tiny_models
+
+    return tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tiny):
+    return tiny.tiny_sdxl_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny):
+    return tiny.tiny_sdxl_clip()
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tiny):
+    return tiny.tiny_clip_vision()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tiny, tmp_path_factory):
+    return tiny.save_subject_encoder(tmp_path_factory.mktemp("msdiffusion") / "tiny_ms_adapter.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_path):
+    return pack("attention_patches.subject_encoder").load_subject_encoder(tiny_encoder_path)
