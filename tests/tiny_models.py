@@ -84,6 +84,24 @@ def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
+SD15_UNET_CONFIG = {
+    "model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1, "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None,
+    "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False, "image_size": 32,
+    "use_temporal_attention": False, "use_temporal_resblock": False, "use_checkpoint": False,
+}
+
+
+def tiny_sd15_model(seed: int = 5) -> comfy.model_patcher.ModelPatcher:
+    """An SD1.5-topology UNet (cross-attention width 768), for the wrong-model errors."""
+    config = comfy.supported_models.SD15(dict(SD15_UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    fill_seeded(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
 def _text_config(width: int) -> dict:
     return {"hidden_size": width, "intermediate_size": width * 4, "num_attention_heads": 2, "num_hidden_layers": 3,
             "projection_dim": width}
