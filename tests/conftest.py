@@ -72,3 +72,23 @@ def tiny_encoder_path(tiny, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_path):
     return pack("attention_patches.subject_encoder").load_subject_encoder(tiny_encoder_path)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tiny, tmp_path_factory):
+    """One real ComfyUI server for the session: the pack, the test nodes, tiny model files, two references."""
+    import numpy as np
+    from PIL import Image
+
+    from comfy_server import ComfyServer
+
+    base = tmp_path_factory.mktemp("comfyui")
+    server = ComfyServer(base)
+    tiny.save_subject_encoder(base / "models" / "msdiffusion" / "ms_adapter.bin")
+    tiny.save_subject_encoder(base / "models" / "msdiffusion" / "tiny_ms_adapter.safetensors")
+    for i, name in enumerate(("dog.png", "cat.png")):
+        pixels = np.random.default_rng(i).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(base / "input" / name)
+    server.start()
+    yield server
+    server.stop()
