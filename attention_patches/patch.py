@@ -1,10 +1,9 @@
 """The attn2 replace patch: text attention (or the patch it wraps) + routed image attention.
 
 One :class:`MultiSubjectAttention` per cross-attention block holds every subject routing
-applied to the model (one :class:`SubjectRouting` per Apply node). Per-run state (step
-counter, phrase-map histories) lives in ``transformer_options`` under ``RUN_STATE_KEY``,
-put there by :func:`sampler_sample_wrapper` at the start of every sampling run, so runs
-never share state.
+applied to the model (one :class:`SubjectRouting` per Apply node). Per-run state (the
+phrase-map histories) lives in ``transformer_options`` under ``RUN_STATE_KEY``, put there by
+:func:`sampler_sample_wrapper` at the start of every sampling run, so runs never share state.
 """
 
 from __future__ import annotations
@@ -32,15 +31,33 @@ WRAPPER_KEY = "comfyui_multisubject"
 POSITIVE = 0
 
 
+SIGMA_TOLERANCE = 1e-4
+
+
 @dataclass
 class RunState:
-    """What one sampling run accumulates: completed steps and phrase-map histories."""
+    """What one sampling run accumulates: the phrase-map history of every layer."""
 
-    step: int = 0
     histories: dict = field(default_factory=dict)
 
     def history(self, owner: object, key: AttnKey) -> PhraseMapHistory:
         return self.histories.setdefault((id(owner), key), PhraseMapHistory())
+
+
+def sampling_step(extra_options: dict) -> int:
+    """Index of the sampling step this model call belongs to, from the run's sigma schedule.
+
+    A call at sigma s belongs to step i when sigmas[i] >= s > sigmas[i + 1]: split
+    positive/negative calls share the step, a sampler's intermediate evaluation (DPM-2, SDE)
+    stays in its step, and Heun's corrector at sigmas[i + 1] joins the evaluation of the same
+    noise level, so a run of N steps counts N steps, whatever the number of model calls.
+    """
+    schedule, sigmas = extra_options.get("sample_sigmas"), extra_options.get("sigmas")
+    if schedule is None or sigmas is None:
+        return 0
+    sigma = float(sigmas.max())
+    levels = int((schedule[:-1] >= sigma * (1 - SIGMA_TOLERANCE)).sum())
+    return max(levels - 1, 0)
 
 
 @dataclass(eq=False)
@@ -100,11 +117,11 @@ class SubjectRouting:
         heads: int,
         attention: Callable,
         run: RunState | None,
+        step: int,
     ) -> torch.Tensor:
-        """Routed image-branch output [P, N, C] for the positive rows ``q``."""
+        """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``."""
         keys, values = self.tokens(key, q.device, q.dtype)
         routes, groups = self.box_routes(key, height, width, q.device)
-        step = run.step if run is not None else 0
         if self.auto is not None and run is not None:
             maps = phrase_attention_maps(q, k_text, heads, self.auto.phrase_tokens)
             mean_maps, steps_seen = run.history(self, key).update(step, maps)
@@ -174,11 +191,11 @@ class MultiSubjectAttention:
         if not active:
             return out
         height, width = extra_options["activations_shape"][-2:]
-        run = extra_options.get(RUN_STATE_KEY)
+        run, step = extra_options.get(RUN_STATE_KEY), sampling_step(extra_options)
         q_pos, k_pos = q[rows], k[rows]
-        image = active[0].image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run)
+        image = active[0].image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run, step)
         for routing in active[1:]:
-            image = image + routing.image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run)
+            image = image + routing.image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run, step)
         if isinstance(rows, slice):
             out[rows] += image.to(out.dtype)
         else:
@@ -197,22 +214,15 @@ def routings_in(transformer_options: dict) -> list[SubjectRouting]:
     return list(found.values())
 
 
-def sampler_sample_wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
-    """Fresh run state per sampling run; steps counted by the sampler's own per-step callback."""
+def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
+    """A fresh run state and fresh route recordings for every sampling run."""
     transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
-    run = RunState()
-    transformer_options[RUN_STATE_KEY] = run
+    transformer_options[RUN_STATE_KEY] = RunState()
     for routing in routings_in(transformer_options):
         if routing.recorder is not None:
             routing.recorder.start_run()
     warn_about_area_conditioning(getattr(guider, "conds", {}) or {})
-
-    def count_steps(step, x0, x, total_steps):
-        run.step = step + 1
-        if callback is not None:
-            return callback(step, x0, x, total_steps)
-
-    return executor(guider, sigmas, extra_args, count_steps, noise, *args, **kwargs)
+    return executor(guider, sigmas, extra_args, *args, **kwargs)
 
 
 def warn_about_area_conditioning(conds: dict) -> None:

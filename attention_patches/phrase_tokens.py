@@ -9,6 +9,7 @@ k-th of them takes the k-th occurrence ("a dog and a dog").
 from __future__ import annotations
 
 from collections import defaultdict
+from string import punctuation
 
 
 class PhraseNotFoundError(ValueError):
@@ -32,11 +33,10 @@ def prompt_tokens(tokenizer, text: str) -> list[tuple[int, int, int]]:
 
 
 def _words(tokenizer, tokens: list[tuple[int, int, int]]) -> list[str]:
-    by_word: dict[int, list[int]] = defaultdict(list)
-    for _pos, token, word_id in tokens:
-        by_word[word_id].append(token)
+    """The distinct tokens of the prompt as text, punctuation left out."""
     decode = _word_tokenizer(tokenizer).tokenizer.decode
-    return [decode(ids).strip() for _word, ids in sorted(by_word.items())]
+    words = (decode([token]).strip() for _pos, token, _word in tokens)
+    return list(dict.fromkeys(w for w in words if w and not all(c in punctuation for c in w)))
 
 
 def locate_phrases(tokenizer, prompt: str, phrases: list[str]) -> tuple[tuple[int, ...], ...]:
@@ -51,7 +51,7 @@ def locate_phrases(tokenizer, prompt: str, phrases: list[str]) -> tuple[tuple[in
         occurrence = seen[phrase]
         seen[phrase] += 1
         if occurrence >= len(starts):
-            found = ", ".join(f"'{w}'" for w in dict.fromkeys(_words(tokenizer, tokens))) or "nothing"
+            found = ", ".join(f"'{w}'" for w in _words(tokenizer, tokens)) or "nothing"
             times = "" if not starts else f" {occurrence + 1} times (once per subject with that phrase)"
             raise PhraseNotFoundError(
                 f"subject {number}'s phrase '{phrase}' is not in the prompt{times}; auto routing follows the "

@@ -109,13 +109,13 @@ _sam_cache: dict[str, comfy.model_patcher.ModelPatcher] = {}
 
 
 def sam_patcher(path: str | Path) -> comfy.model_patcher.ModelPatcher:
-    """The SAM model at ``path`` under a ModelPatcher; the last one used stays cached."""
+    """The SAM model at ``path`` under a ModelPatcher (as ``.model["sam"]``); the last one used stays cached."""
     key = f"{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}"
     if key not in _sam_cache:
         _sam_cache.clear()
-        _sam_cache[key] = comfy.model_patcher.ModelPatcher(
-            load_sam(path), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-        )
+        holder = torch.nn.ModuleDict({"sam": load_sam(path)})  # SAM's read-only .device clashes with ModelPatcher
+        _sam_cache[key] = comfy.model_patcher.ModelPatcher(holder, load_device=mm.get_torch_device(),
+                                                           offload_device=mm.unet_offload_device())
     return _sam_cache[key]
 
 
@@ -125,6 +125,6 @@ def segment_views(sam_path: str | Path, views: torch.Tensor, box: tuple[float, f
     patcher = sam_patcher(sam_path)
     mm.load_models_gpu([patcher])
     found = [
-        segment(patcher.model, view, box, None if masks is None else masks[i]) for i, view in enumerate(views)
+        segment(patcher.model["sam"], view, box, None if masks is None else masks[i]) for i, view in enumerate(views)
     ]
     return torch.stack(found).to(views)

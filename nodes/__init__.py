@@ -9,9 +9,11 @@ from .draw_layout_box import DrawLayoutBox
 from .encode_reference import EncodeReference
 from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
+from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
 
 register_model_folders()
+register_prompt_handler()
 
 NODES: list[type[io.ComfyNode]] = [
     LoadSubjectEncoder,

@@ -70,8 +70,8 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         if auto_routing:
             auto = AutoRouting(cls._phrase_tokens(subjects, prompt), mask_threshold, start_step)
         hidden = cls.hidden
-        capture = routes_consumed(hidden.prompt, hidden.unique_id) if hidden is not None else False
-        recorder = RouteRecorder() if capture else None
+        previewed = routes_consumed(hidden.prompt, hidden.unique_id) if hidden is not None else False
+        recorder = RouteRecorder() if auto is not None and previewed else None  # box routes are known without sampling
         settings = ApplySettings(
             scale=scale,
             subject_scales=parse_subject_scales(subject_scales),

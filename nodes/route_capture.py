@@ -1,17 +1,47 @@
 """Whether an Apply node's routes are previewed in the prompt being run.
 
 Capturing routes during sampling is only worth its cost when a Router Mask Preview reads them.
+Apply decides from the prompt it runs in. So that adding or removing a preview re-runs Apply
+instead of reusing its cached output, an on-prompt handler writes the answer into the Apply
+node's inputs as an undeclared key: ComfyUI includes every input key in a node's cache
+signature but passes only declared inputs to the node.
 """
 
+import logging
+import sys
+
+APPLY_NODE = "MSP_ApplyMultiSubjectAttention"
 ROUTES_OUTPUT = 1  # Apply Multi-Subject Attention's second output
+PREVIEWED_FLAG = "msp_routes_previewed"
+
+log = logging.getLogger("comfyui_multisubject")
 
 
 def routes_consumed(prompt: dict | None, node_id: str | None) -> bool:
     """True if any node of ``prompt`` takes ``node_id``'s ROUTES output."""
-    if not prompt or node_id is None:
+    if not isinstance(prompt, dict) or node_id is None:
         return False
     for node in prompt.values():
-        for value in (node.get("inputs") or {}).values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in (inputs or {}).values():
             if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] == ROUTES_OUTPUT:
                 return True
     return False
+
+
+def mark_previewed_routes(json_data: dict) -> dict:
+    """On-prompt handler: flag each Apply node with whether its routes are previewed."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    if isinstance(prompt, dict):
+        for node_id, node in prompt.items():
+            if isinstance(node, dict) and node.get("class_type") == APPLY_NODE and isinstance(node.get("inputs"), dict):
+                node["inputs"][PREVIEWED_FLAG] = routes_consumed(prompt, node_id)
+    return json_data
+
+
+def register_prompt_handler() -> None:
+    """Hook into the running server, if there is one (not when the pack is imported by tests)."""
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if server is not None and mark_previewed_routes not in getattr(server, "on_prompt_handlers", []):
+        server.add_on_prompt_handler(mark_previewed_routes)
+        log.debug("route preview handler registered")

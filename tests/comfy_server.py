@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -45,7 +46,8 @@ class ComfyServer:
     def start(self, timeout: float = 120.0) -> "ComfyServer":
         command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
-        self.process = subprocess.Popen(command, cwd=COMFYUI_ROOT, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # tiny models: no thread contention
+        self.process = subprocess.Popen(command, cwd=COMFYUI_ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

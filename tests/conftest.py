@@ -15,6 +15,10 @@ from comfy_runtime import golden_dir, import_comfy  # noqa: E402
 
 import_comfy()
 
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # the tiny models' ops are too small to gain from threads; avoids oversubscription
+
 from msp_package import load_pack, pack  # noqa: E402
 
 load_pack()

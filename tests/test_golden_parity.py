@@ -116,8 +116,9 @@ def test_auto_layout_steps(golden):
     auto = auto_routing.AutoRouting(tuple(tuple(range(a, b)) for a, b in spans), spec["mask_threshold"], spec["start_step"])
     patch = golden_patch(weights, tokens, tensors["in.boxes"][0], [spec["scale"]] * subjects, auto=auto)
     run = patch_mod.RunState()
+    schedule = torch.linspace(10.0, 0.0, spec["steps"] + 1)  # one model call per sampling step, as the official loop
     for step in range(spec["steps"]):
-        run.step = step
         out = run_layer(weights, patch, tensors[f"step{step}.in.hidden_states"], tensors["in.text_context"],
-                        attention["heads"], spec["height"], spec["width"], [0], **{patch_mod.RUN_STATE_KEY: run})
+                        attention["heads"], spec["height"], spec["width"], [0],
+                        **{patch_mod.RUN_STATE_KEY: run, "sample_sigmas": schedule, "sigmas": schedule[step:step + 1]})
         assert_close(out, tensors[f"step{step}.out"])

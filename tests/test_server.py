@@ -73,3 +73,16 @@ def test_runtime_errors_name_the_problem_and_the_server_keeps_serving(comfy_serv
     assert "2 subject(s) ('dog', 'cat') but 1 box(es)" in error["exception_message"]
     again = comfy_server.run(two_subject_graph(preview=False, steps=1).prompt())
     assert again["status"]["status_str"] == "success"
+
+
+def test_adding_a_preview_to_an_auto_routing_graph_captures_the_routes(comfy_server):
+    """The first run has no preview (nothing captured); adding one re-runs Apply, which then captures."""
+    from PIL import Image
+
+    without = two_subject_graph(auto_routing=True, preview=False, steps=3).prompt()
+    assert comfy_server.run(without)["status"]["status_str"] == "success"
+    history = comfy_server.run(two_subject_graph(auto_routing=True, preview=True, steps=3).prompt())
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    preview = next(o["images"][0] for o in history["outputs"].values() if o.get("images") and o["images"][0]["type"] == "temp")
+    sheet = Image.open(comfy_server.base / "temp" / preview["subfolder"] / preview["filename"])
+    assert sheet.width == 4 * 192  # boxes at two resolutions + the routes the model used at two resolutions
