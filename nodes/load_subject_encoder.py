@@ -28,6 +28,14 @@ class LoadSubjectEncoder(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, encoder_name: str) -> bool | str:
+        if folder_paths.get_full_path(SUBJECT_ENCODER_FOLDER, encoder_name) is None:
+            folders = ", ".join(folder_paths.get_folder_paths(SUBJECT_ENCODER_FOLDER))
+            return (f"'{encoder_name}' is not in models/msdiffusion (looked in: {folders}). Download ms_adapter.bin from "
+                    "the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion) into one of those folders.")
+        return True
+
+    @classmethod
     def execute(cls, encoder_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(SUBJECT_ENCODER_FOLDER, encoder_name)
         return io.NodeOutput(load_subject_encoder(path))

@@ -99,8 +99,7 @@ class ComfyServer:
                 data = event.get("data", {})
                 if on_progress is not None and event.get("type") == "progress":
                     on_progress(data)
-                if event.get("type") == "execution_error" and data.get("prompt_id") == prompt_id:
-                    break
+                # sent after the history entry is stored, on success and on error alike
                 if event.get("type") == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     break
         finally:
