@@ -20,8 +20,9 @@ from .recorder import RouteRecorder
 from .routing import box_routes
 
 LATENT_SCALE = 8  # image pixels per latent pixel (SDXL VAE)
+# the canvas widget (web/layout_box_canvas.js) draws boxes in the same colours
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40))
+           (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (220, 190, 255), (170, 110, 40))
 OVERLAY_OPACITY = 0.6
 MAX_PANEL_SIDE = 512
 CAPTION_HEIGHT = 22
