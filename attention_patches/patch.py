@@ -29,8 +29,6 @@ log = logging.getLogger("comfyui_multisubject")
 RUN_STATE_KEY = "multisubject_run_state"
 WRAPPER_KEY = "comfyui_multisubject"
 POSITIVE = 0
-
-
 SIGMA_TOLERANCE = 1e-4
 
 
@@ -77,6 +75,11 @@ class SubjectRouting:
 
     def __deepcopy__(self, memo):
         return self
+
+    @property
+    def needs_step(self) -> bool:
+        """Only auto routing and route capture depend on the sampling step."""
+        return self.auto is not None or self.recorder is not None
 
     def is_active(self, extra_options: dict) -> bool:
         if self.sigma_range is None:
@@ -191,7 +194,8 @@ class MultiSubjectAttention:
         if not active:
             return out
         height, width = extra_options["activations_shape"][-2:]
-        run, step = extra_options.get(RUN_STATE_KEY), sampling_step(extra_options)
+        run = extra_options.get(RUN_STATE_KEY)
+        step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
         q_pos, k_pos = q[rows], k[rows]
         image = active[0].image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run, step)
         for routing in active[1:]:
