@@ -55,22 +55,20 @@ def cross_attention_module(diffusion_model, key: AttnKey):
 
 
 def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layout: Layout, settings: ApplySettings) -> None:
-    config = encoder.module.config
     context_dim = model_context_dim(model)
-    if context_dim is not None and context_dim != encoder.module.cross_attention_dim:
+    if context_dim is not None and context_dim != encoder.cross_attention_dim:
         raise SubjectSetupError(
-            f"the subject encoder '{encoder.name}' is for SDXL (cross-attention width {encoder.module.cross_attention_dim}) "
+            f"the subject encoder '{encoder.name}' is for SDXL (cross-attention width {encoder.cross_attention_dim}) "
             f"but the MODEL's cross-attention width is {context_dim}: load an SDXL checkpoint (or an SDXL fine-tune)"
         )
     diffusion_model = model.get_model_object("diffusion_model")
-    for index, key in encoder.layer_keys.items():
+    for key, width in encoder.attention_widths.items():
         attn = cross_attention_module(diffusion_model, key)
-        hidden = encoder.module.layer(index).hidden_size
-        if attn is None or getattr(attn.to_q, "out_features", hidden) != hidden:
+        if attn is None or getattr(attn.to_q, "out_features", width) != width:
             found = "no cross-attention there" if attn is None else f"width {attn.to_q.out_features}"
             raise SubjectSetupError(
-                f"the subject encoder '{encoder.name}' does not fit this MODEL: its layer {index} expects a {hidden}-wide "
-                f"cross-attention at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use an SDXL checkpoint."
+                f"the subject encoder '{encoder.name}' does not fit this MODEL: it expects a {width}-wide cross-attention "
+                f"at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use an SDXL checkpoint."
             )
     if not subjects:
         raise SubjectSetupError("no subjects: connect at least one Encode Reference")
@@ -81,16 +79,16 @@ def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layo
             "in the order the Encode Reference nodes are chained"
         )
     for number, subject in enumerate(subjects, start=1):
-        if subject.feature_dim != config.embedding_dim:
+        if subject.feature_dim != encoder.feature_dim:
             raise SubjectSetupError(
                 f"subject {number} ('{subject.phrase}') was encoded with {image_encoder_family(subject.feature_dim)}; "
-                f"this encoder needs {image_encoder_family(config.embedding_dim)}. Load clip_vision_g.safetensors "
+                f"this encoder needs {image_encoder_family(encoder.feature_dim)}. Load clip_vision_g.safetensors "
                 "(CLIP-ViT-bigG) with Load CLIP Vision and feed it to Encode Reference."
             )
-        if subject.phrase_embedding.shape[-1] != config.phrase_dim:
+        if subject.phrase_embedding.shape[-1] != encoder.phrase_dim:
             raise SubjectSetupError(
                 f"subject {number} ('{subject.phrase}'): its phrase embedding is {subject.phrase_embedding.shape[-1]}-wide, "
-                f"the encoder expects {config.phrase_dim} (SDXL's CLIP-L): connect the SDXL checkpoint's CLIP to Encode Reference"
+                f"the encoder expects {encoder.phrase_dim} (SDXL's CLIP-L): connect the SDXL checkpoint's CLIP to Encode Reference"
             )
     for number, (subject, box) in enumerate(zip(subjects, layout.boxes), start=1):
         if box.label and box.label.lower() != subject.phrase.lower():
@@ -100,8 +98,6 @@ def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layo
             f"{len(settings.subject_scales)} per-subject scale(s) for {len(subjects)} subject(s): give one scale per subject, "
             "or leave subject_scales empty to use scale for all"
         )
-    if settings.auto is not None and len(settings.auto.phrase_tokens) != len(subjects):
-        raise SubjectSetupError("auto routing needs one phrase per subject")
 
 
 def sigma_range(model, start_percent: float, end_percent: float) -> tuple[float, float] | None:
@@ -148,7 +144,7 @@ def apply_subjects(
     )
     patched = model.clone()
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    for key in encoder.layer_keys.values():
+    for key in encoder.attention_widths:
         current = existing.get(key, existing.get(key[:2]))
         if isinstance(current, MultiSubjectAttention):
             patch = current.with_routing(routing)

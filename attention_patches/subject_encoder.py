@@ -33,6 +33,24 @@ class SubjectEncoder:
         return {index: sdxl_key_for_index(index) for index in self.module.layer_indices}
 
     @property
+    def attention_widths(self) -> dict[AttnKey, int]:
+        """Hidden width of the cross-attention each patched key must have."""
+        return {key: self.module.layer(index).hidden_size for index, key in self.layer_keys.items()}
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.module.cross_attention_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the image features a subject must be encoded with."""
+        return self.module.config.embedding_dim
+
+    @property
+    def phrase_dim(self) -> int:
+        return self.module.config.phrase_dim
+
+    @property
     def downscales(self) -> dict[AttnKey, int]:
         return {(span.block, span.number, t): span.downscale for span in SDXL_BLOCKS for t in range(span.transformers)}
 
