@@ -18,8 +18,10 @@ browser:
 lint: setup
 	$(VENV_PY) -m ruff check .
 
+# --rootdir=tests: the checkout itself is the pack's package (it has an __init__.py) and must not be
+# collected as a test package, whatever the checkout folder is called.
 test: setup browser lint
-	$(VENV_PY) -m pytest
+	$(VENV_PY) -m pytest --rootdir=tests
 
 run: setup
 	$(VENV_PY) scripts/run_comfyui.py --port $(PORT)
