@@ -12,7 +12,7 @@ FINAL = "final"
 
 
 def parse_steps(text: str, recorded: list[int]) -> list[int]:
-    """Chosen steps among the recorded ones: 'final', or indices like '5, 10, final'."""
+    """Chosen recorded step indices from 'final' or step numbers counted from 1, like '5, 10, final'."""
     chosen = []
     for part in (p.strip().lower() for p in text.split(",")):
         if not part:
@@ -21,11 +21,12 @@ def parse_steps(text: str, recorded: list[int]) -> list[int]:
             step = recorded[-1] if recorded else None
         else:
             try:
-                step = int(part)
+                step = int(part) - 1
             except ValueError:
                 raise ValueError(f"{NODE_NAME}: steps must be 'final' or step numbers like '5, 10, final'; got '{part}'") from None
             if recorded and step not in recorded:
-                raise ValueError(f"{NODE_NAME}: step {step} was not recorded; the last run recorded steps {recorded[0]}..{recorded[-1]}")
+                raise ValueError(f"{NODE_NAME}: step {step + 1} was not recorded; the last run recorded steps "
+                                 f"{recorded[0] + 1} to {recorded[-1] + 1}")
         if step is not None and step not in chosen:
             chosen.append(step)
     return chosen
@@ -45,7 +46,7 @@ class RouterMaskPreview(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="the sampler's output: its size, and it makes this node run after sampling"),
                 io.Image.Input("image", optional=True, tooltip="draw the routes over this image (e.g. the decoded result)"),
                 io.String.Input("steps", default=FINAL, optional=True,
-                                tooltip="which sampling steps of the dynamic routes to show: 'final' or e.g. '5, 10, final'"),
+                                tooltip="which sampling steps of the dynamic routes to show (counted from 1): 'final' or e.g. '5, 10, final'"),
             ],
             outputs=[io.Image.Output(display_name="preview"), io.Mask.Output(display_name="masks")],
             is_output_node=True,
