@@ -9,7 +9,7 @@ import torch
 
 import comfy.model_management
 
-from comfy_server import PromptError
+from comfy_server import PromptRefused
 from graphs import two_subject_graph
 from helpers import apply, encode_subjects, encode_text, layout, sample
 from msp_package import pack
@@ -28,7 +28,7 @@ def subjects(tiny_vision, tiny_clip):
 
 
 def test_missing_model_file_is_a_node_error_naming_the_input(comfy_server):
-    with pytest.raises(PromptError) as error:
+    with pytest.raises(PromptRefused) as error:
         comfy_server.run(two_subject_graph(encoder="not_downloaded.bin").prompt())
     assert error.value.status == 400
     node_error = next(e for e in error.value.body["node_errors"].values() if e["class_type"] == "MSP_LoadSubjectEncoder")

@@ -8,7 +8,7 @@ import pytest
 
 from comfy_runtime import COMFYUI_ROOT
 from graphs import two_subject_graph
-from comfy_server import ComfyServer, PromptError
+from comfy_server import ComfyServer, PromptRefused
 
 PACK_NODES = ["MSP_LoadSubjectEncoder", "MSP_EncodeReference", "MSP_DrawLayoutBox", "MSP_ApplyMultiSubjectAttention",
               "MSP_RouterMaskPreview"]
@@ -55,7 +55,7 @@ def test_two_subject_graph_runs_end_to_end(comfy_server):
 
 def test_invalid_graph_is_a_node_error_and_the_server_keeps_serving(comfy_server):
     bad = two_subject_graph(boxes=[[0, 0, 0, 0], [0.5, 0, 1, 1]]).prompt()
-    with pytest.raises(PromptError) as error:
+    with pytest.raises(PromptRefused) as error:
         comfy_server.run(bad)
     assert error.value.status == 400
     node_errors = error.value.body["node_errors"]

@@ -25,6 +25,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
+import comfy.supported_models_base
 import comfy.taesd.taesd
 from msp_package import pack
 
@@ -76,12 +77,15 @@ def fill_seeded(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    config = comfy.supported_models.SDXL(dict(UNET_CONFIG))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
+def _tiny_unet(model_config: comfy.supported_models_base.BASE, seed: int) -> comfy.model_patcher.ModelPatcher:
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
     fill_seeded(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    return _tiny_unet(comfy.supported_models.SDXL(dict(UNET_CONFIG)), seed)
 
 
 SD15_UNET_CONFIG = {
@@ -95,11 +99,7 @@ SD15_UNET_CONFIG = {
 
 def tiny_sd15_model(seed: int = 5) -> comfy.model_patcher.ModelPatcher:
     """An SD1.5-topology UNet (cross-attention width 768), for the wrong-model errors."""
-    config = comfy.supported_models.SD15(dict(SD15_UNET_CONFIG))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    fill_seeded(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return _tiny_unet(comfy.supported_models.SD15(dict(SD15_UNET_CONFIG)), seed)
 
 
 def _text_config(width: int) -> dict:
@@ -194,4 +194,67 @@ def save_subject_encoder(path: str | Path, seed: int = 4, **kwargs) -> Path:
         save_file(flat, str(path))
     else:
         torch.save(state, str(path))
+    return path
+
+
+def tiny_controlnet(seed: int = 6):
+    """A ControlNet with ComfyUI's real architecture (``comfy.cldm.cldm.ControlNet``) for the tiny SDXL UNet.
+
+    Built from ``UNET_CONFIG`` with a 3-channel hint, exactly as ``comfy.controlnet`` builds one from a file,
+    and wrapped in ``comfy.controlnet.ControlNet`` (what ControlNetLoader returns).
+    """
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    config = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
+    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                  device=mm.unet_offload_device())
+    control_model = fill_seeded(comfy.cldm.cldm.ControlNet(**config), seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
+
+
+LORA_UNET_MODULES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                     "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+LORA_CLIP_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+
+
+def tiny_lora_state_dict(rank: int = 4, seed: int = 8, magnitude: float = 0.1) -> dict[str, torch.Tensor]:
+    """A kohya-format SDXL LoRA (the format of e.g. sd_xl_offset_example-lora_1.0) for the tiny models.
+
+    UNet keys use the diffusers block names SDXL LoRAs carry (``lora_unet_down_blocks_1_attentions_0_...``),
+    mapped with ComfyUI's own ``unet_to_diffusers`` for ``UNET_CONFIG``; text-encoder keys use
+    ``lora_te1_`` (CLIP-L) and ``lora_te2_`` (CLIP-G). Every key matches a real weight of the tiny models.
+    """
+    import comfy.utils
+
+    generator = torch.Generator().manual_seed(seed)
+    unet_config = comfy.supported_models.SDXL(dict(UNET_CONFIG))
+    unet_config.set_inference_dtype(torch.float32, None)
+    unet = unet_config.get_model({}, device=torch.device("meta"))  # shapes only
+    unet_shapes = {k: v.shape for k, v in unet.diffusion_model.state_dict().items()}
+    targets = {}  # lora name -> weight shape
+    for diffusers_key, ldm_key in sorted(comfy.utils.unet_to_diffusers(dict(UNET_CONFIG)).items()):
+        if ldm_key.endswith(".weight") and any(ldm_key.endswith(m + ".weight") for m in LORA_UNET_MODULES):
+            targets["lora_unet_" + diffusers_key[:-len(".weight")].replace(".", "_")] = unet_shapes[ldm_key]
+    clip_shapes = {k: v.shape for k, v in tiny_sdxl_clip().cond_stage_model.state_dict().items()}
+    for prefix, encoder in (("lora_te1", "clip_l"), ("lora_te2", "clip_g")):
+        for layer in range(3):
+            for module in LORA_CLIP_MODULES:
+                key = f"{encoder}.transformer.text_model.encoder.layers.{layer}.{module}.weight"
+                targets[f"{prefix}_text_model_encoder_layers_{layer}_{module.replace('.', '_')}"] = clip_shapes[key]
+    state = {}
+    for name, (out_features, in_features) in targets.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * magnitude
+        state[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * magnitude
+        state[f"{name}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def save_tiny_lora(path: str | Path, **kwargs) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_lora_state_dict(**kwargs), str(path))
     return path

@@ -68,6 +68,27 @@ class TinyCLIPVisionLoader(io.ComfyNode):
         return io.NodeOutput(clip_vision(variant))
 
 
+@lru_cache(maxsize=None)
+def controlnet():
+    return tiny_models.tiny_controlnet()
+
+
+class TinyControlNetLoader(io.ComfyNode):
+    """Stands in for ControlNetLoader: ComfyUI's real ControlNet architecture at the tiny SDXL UNet's config."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MSPTest_TinyControlNetLoader", category=CATEGORY,
+            inputs=[io.String.Input("control_net_name", default="tiny-controlnet")],
+            outputs=[io.ControlNet.Output()],
+        )
+
+    @classmethod
+    def execute(cls, control_net_name):
+        return io.NodeOutput(controlnet())
+
+
 class LayoutEcho(io.ComfyNode):
     """Shows the layout the backend received, in the prompt's history."""
 
@@ -84,7 +105,7 @@ class LayoutEcho(io.ComfyNode):
 class TestNodes(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, LayoutEcho]
+        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho]
 
 
 async def comfy_entrypoint():

@@ -1,0 +1,449 @@
+"""`make demo`: run the two-subjects example workflow headless on the embedded ComfyUI.
+
+Starts the embedded ComfyUI (``.runtime/ComfyUI``, with this pack) on a free port, converts
+``example_workflows/two_subjects.json`` to an API prompt with ``scripts/workflow_api.py`` against
+the server's own node definitions, queues it, relays the sampler's progress from the websocket
+and writes the image and the route preview to ``output/``.
+
+Real run (``make demo``) -- the files it needs:
+
+    .runtime/ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors
+    .runtime/ComfyUI/models/clip_vision/clip_vision_g.safetensors
+    .runtime/ComfyUI/models/msdiffusion/ms_adapter.bin      (or any .bin / .safetensors encoder there)
+    .runtime/ComfyUI/input/dog.png, .runtime/ComfyUI/input/cat.png   (your subjects; or --subject dog=PATH)
+
+If any is missing it lists exactly which, and where they go, and exits with status 2.
+
+``--workflow example_workflows/<name>.json`` runs another example the same way (its ControlNet /
+LoRA / extra images are checked too).
+
+``make demo TINY=1`` (``--tiny``) runs the same graph on tiny random-weight stand-ins (the test
+loaders in tests/custom_nodes/msp_test_nodes and a tiny encoder written to a temporary models
+folder), with generated placeholder references where none are given: it shows that everything
+runs, not what the method does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base  # noqa: E402
+from workflow_api import fetch_object_info, load_workflow, workflow_to_prompt  # noqa: E402
+
+WORKFLOW = ROOT / "example_workflows" / "two_subjects.json"
+ENCODER_EXTENSIONS = (".bin", ".safetensors")
+EXIT_MISSING = 2
+
+# loader node -> (its file widget, its models folder)
+MODEL_LOADERS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "CLIPVisionLoader": ("clip_name", "clip_vision"),
+    "MSP_LoadSubjectEncoder": ("encoder_name", "msdiffusion"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+    "LoraLoader": ("lora_name", "loras"),
+}
+MODEL_SOURCES = {
+    "checkpoints": "SDXL 1.0 base (huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) or another SDXL checkpoint with --checkpoint NAME",
+    "clip_vision": "CLIP-ViT-bigG (huggingface.co/comfyanonymous/clip_vision_g; ComfyUI-Manager: CLIP-ViT-bigG-14-laion2B-39B-b160k)",
+    "msdiffusion": "the MS-Diffusion encoder (huggingface.co/doge1516/MS-Diffusion, file ms_adapter.bin) or a .safetensors conversion",
+    "controlnet": "an SDXL ControlNet (e.g. huggingface.co/lllyasviel/sd_control_collection)",
+    "loras": "an SDXL LoRA",
+}
+# real loader -> (test-only stand-in, extra inputs); the stand-ins build tiny random-weight models
+TINY_STAND_INS = {
+    "CheckpointLoaderSimple": ("MSPTest_TinyCheckpointLoader", {}),
+    "CLIPVisionLoader": ("MSPTest_TinyCLIPVisionLoader", {"variant": "bigG"}),
+    "ControlNetLoader": ("MSPTest_TinyControlNetLoader", {}),
+}
+TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
+TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for SDXL, CLIP-ViT-bigG and ms_adapter.bin "
+               "(test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")
+
+log = logging.getLogger("demo")
+
+
+class DemoError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- the prompt
+
+
+def use_tiny_stand_ins(prompt: dict) -> dict:
+    """Swap the multi-GB model loaders for the test-only tiny ones (same outputs, same graph)."""
+    for node in prompt.values():
+        if node["class_type"] in TINY_STAND_INS:
+            stand_in, extra = TINY_STAND_INS[node["class_type"]]
+            node["class_type"] = stand_in
+            node["inputs"].update(extra)
+    return prompt
+
+
+def set_steps(prompt: dict, steps: int) -> None:
+    for node in prompt.values():
+        if node["class_type"] in ("KSampler", "KSamplerAdvanced") and not isinstance(node["inputs"].get("steps"), list):
+            node["inputs"]["steps"] = steps
+
+
+def set_size(prompt: dict, width: int, height: int) -> None:
+    for node in prompt.values():
+        if node["class_type"] in ("EmptyLatentImage", "MSP_DrawLayoutBox"):
+            node["inputs"].update(width=width, height=height)
+
+
+def workflow_files(workflow: dict) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """From the UI workflow, before any server runs.
+
+    Returns the model files ``{node id: (loader, folder, file)}`` and the images the graph loads
+    ``{label: file}``, labelled by the subject's phrase for references, else by the node's title.
+    """
+    nodes = {node["id"]: node for node in workflow["nodes"] if node.get("mode", 0) == 0}
+    links = {link[0]: link for link in workflow["links"]}
+    models = {}
+    for node_id, node in nodes.items():
+        if node["type"] in MODEL_LOADERS:
+            models[str(node_id)] = (node["type"], MODEL_LOADERS[node["type"]][1], node["widgets_values"][0])
+    phrases = {}
+    for node in nodes.values():
+        if node["type"] == "MSP_EncodeReference":
+            image_input = next(i for i in node["inputs"] if i["name"] == "image")
+            if image_input.get("link") in links:
+                phrases[links[image_input["link"]][1]] = node["widgets_values"][0]
+    images = {}
+    for node_id, node in nodes.items():
+        if node["type"] == "LoadImage":
+            images[phrases.get(node_id) or node.get("title") or f"LoadImage #{node_id}"] = node["widgets_values"][0]
+    return models, images
+
+
+def subject_phrases(workflow: dict) -> list[str]:
+    return [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MSP_EncodeReference"]
+
+
+# ---------------------------------------------------------------- files
+
+
+def find_models(comfyui: Path, models: dict[str, tuple[str, str, str]]) -> tuple[dict[str, str], list[str]]:
+    """The model file each loader node will use, and a line per missing file."""
+    chosen, missing = {}, []
+    for node_id, (loader, folder, name) in models.items():
+        directory = comfyui / "models" / folder
+        if (directory / name).is_file():
+            chosen[node_id] = name
+            continue
+        if loader == "MSP_LoadSubjectEncoder" and directory.is_dir():
+            others = sorted(p.name for p in directory.iterdir() if p.suffix in ENCODER_EXTENSIONS and p.is_file())
+            if others:
+                chosen[node_id] = others[0]
+                continue
+        what = MODEL_SOURCES.get(folder, f"a model for {loader}")
+        missing.append(f"{directory / name}  <- {what}")
+    return chosen, missing
+
+
+def resolve_images(comfyui: Path, images: dict[str, str], phrases: list[str], given: dict[str, Path],
+                   tiny: bool) -> tuple[dict[str, Path | None], list[str]]:
+    """label -> the image to use (None: generate a placeholder, tiny only), and a line per missing image."""
+    unknown = sorted(set(given) - set(phrases))
+    if unknown:
+        raise DemoError(f"--subject {unknown[0]}=...: the workflow's subjects are {', '.join(phrases)}")
+    chosen, missing = {}, []
+    for label, name in images.items():
+        path = given.get(label) or comfyui / "input" / name
+        if path.is_file():
+            chosen[label] = path
+        elif label in given:
+            missing.append(f"{path}  <- the reference image for '{label}' given with --subject")
+        elif tiny:
+            chosen[label] = None
+        elif label in phrases:
+            missing.append(f"{path}  <- a photo of your {label} (or pass --subject {label}=PATH)")
+        else:
+            missing.append(f"{path}  <- the image of '{label}'")
+    return chosen, missing
+
+
+def placeholder_reference(path: Path, index: int) -> None:
+    """A simple generated picture (a coloured blob on white), standing in for a subject photo."""
+    from PIL import Image, ImageDraw
+
+    colours = [(150, 100, 60), (230, 140, 40), (90, 120, 200), (80, 160, 90)]
+    image = Image.new("RGB", (256, 256), "white")
+    draw = ImageDraw.Draw(image)
+    colour = colours[index % len(colours)]
+    draw.ellipse((48, 80, 208, 224), fill=colour)
+    draw.ellipse((88, 32, 168, 112), fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+TINY_WRITER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from comfy_runtime import import_comfy
+import_comfy()
+import tiny_models
+for kind, path in json.loads(sys.argv[2]):
+    {"encoder": tiny_models.save_subject_encoder, "lora": tiny_models.save_tiny_lora}[kind](path)
+"""
+
+
+class TinyFiles:
+    """Tiny model files for the tiny UNet ("encoder": ms_adapter format, "lora": kohya format), from tests/tiny_models.py.
+
+    Written by a child process (this one never imports ComfyUI) while the server starts.
+    """
+
+    def __init__(self, files: list[tuple[str, Path]], comfyui: Path, log_path: Path):
+        env = dict(os.environ, MSP_COMFYUI_ROOT=str(comfyui))
+        listing = json.dumps([(kind, str(path)) for kind, path in files])
+        self.log_path = log_path
+        with log_path.open("w") as log_file:
+            self.process = subprocess.Popen([sys.executable, "-c", TINY_WRITER, str(ROOT / "tests"), listing], cwd=ROOT, env=env,
+                                            stdout=log_file, stderr=subprocess.STDOUT)
+
+    def wait(self) -> None:
+        if self.process.wait() != 0:
+            raise DemoError(f"could not write the tiny model files:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# ---------------------------------------------------------------- the run
+
+
+def describe_refusal(body: dict, prompt: dict) -> str:
+    lines = []
+    error = body.get("error") or {}
+    if error.get("message"):
+        lines.append(f"  {error['message']}: {error.get('details', '')}".rstrip(": "))
+    for node_id, entry in (body.get("node_errors") or {}).items():
+        title = prompt.get(node_id, {}).get("_meta", {}).get("title", entry.get("class_type"))
+        for item in entry.get("errors", []):
+            lines.append(f"  node {node_id} ({title}): {item.get('message')}: {item.get('details', '')}")
+    return "\n".join(lines) or json.dumps(body)[:2000]
+
+
+class ProgressRelay:
+    """Relays one prompt's websocket events to the terminal: which node runs, and the sampler's steps."""
+
+    def __init__(self, prompt: dict):
+        self.prompt = prompt
+        self.last_step = None
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "executing" and data.get("node") is not None:
+            log.info("running %s", _title(self.prompt, data["node"]))
+        elif kind == "progress":
+            step = (data.get("node"), data.get("value"))
+            if step != self.last_step:
+                self.last_step = step
+                log.info("  step %d/%d", data.get("value", 0), data.get("max", 0))
+        elif kind == "execution_cached" and data.get("nodes"):
+            log.info("cached: %s", ", ".join(_title(self.prompt, n) for n in data["nodes"]))
+
+
+def run_prompt(server: EmbeddedComfyUI, prompt: dict, timeout: float) -> dict:
+    """Queue the prompt with progress relayed; the history entry, or a DemoError saying what failed."""
+    try:
+        history = server.run(prompt, timeout, on_event=ProgressRelay(prompt))
+    except PromptRefused as e:
+        raise DemoError("the server refused the graph:\n" + describe_refusal(e.body, prompt)) from None
+    for kind, data in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            raise DemoError(f"{_title(prompt, data.get('node_id'))} failed: {data.get('exception_type')}: "
+                            f"{data.get('exception_message', '').strip()}")
+        if kind == "execution_interrupted":
+            raise DemoError("the run was interrupted")
+    return history
+
+
+def _title(prompt: dict, node_id) -> str:
+    node = prompt.get(str(node_id), {})
+    return f"{node.get('_meta', {}).get('title', node.get('class_type', '?'))} (#{node_id})"
+
+
+def save_outputs(server: EmbeddedComfyUI, history: dict, prompt: dict, output_dir: Path, stem: str) -> list[Path]:
+    """Download the saved image(s) and the route preview(s) of a finished run into output_dir."""
+    status = history.get("status", {})
+    if status.get("status_str") != "success":
+        raise DemoError(f"the run did not succeed: {json.dumps(status)[:2000]}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for node_id, outputs in history.get("outputs", {}).items():
+        kind = prompt.get(node_id, {}).get("class_type")
+        suffix = {"SaveImage": "", "MSP_RouterMaskPreview": "_routes"}.get(kind)
+        if suffix is None:
+            continue
+        images = outputs.get("images", [])
+        for i, image in enumerate(images):
+            query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+            name = f"{stem}{suffix}{'' if len(images) == 1 else f'_{i + 1}'}.png"
+            path = output_dir / name
+            path.write_bytes(server.read(f"/view?{query}"))
+            written.append(path)
+    if not any(prompt[n]["class_type"] == "SaveImage" and o.get("images") for n, o in history.get("outputs", {}).items()):
+        raise DemoError("the run finished but saved no image")
+    return written
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_subject(text: str) -> tuple[str, Path]:
+    phrase, sep, path = text.partition("=")
+    if not sep or not phrase.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected PHRASE=PATH, e.g. dog=photos/rex.jpg; got '{text}'")
+    return phrase.strip(), Path(path.strip()).expanduser()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the two-subjects example workflow headless on the embedded ComfyUI.")
+    parser.add_argument("--tiny", action="store_true", help="tiny random-weight stand-in models (no downloads; checks that it runs)")
+    parser.add_argument("--subject", action="append", type=parse_subject, default=[], metavar="PHRASE=PATH",
+                        help="a reference image for a subject of the workflow (dog, cat); default: ComfyUI's input/<phrase>.png")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "output", help="where the image and the route preview go")
+    parser.add_argument("--workflow", type=Path, default=WORKFLOW, help="the UI workflow to run (default: two_subjects.json)")
+    parser.add_argument("--checkpoint", metavar="NAME", help="another SDXL checkpoint in models/checkpoints (default: sd_xl_base_1.0.safetensors)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the workflow's, 30)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                        help=f"image size (default: the workflow's 1024 1024; {TINY_SIZE[0]} {TINY_SIZE[1]} with --tiny)")
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--comfyui", type=Path, default=COMFYUI, help="the ComfyUI to run (default: the embedded .runtime/ComfyUI)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
+    try:
+        return run_demo(args)
+    except DemoError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    comfyui = args.comfyui.resolve()
+    if not (comfyui / "main.py").is_file():
+        raise DemoError(f"no ComfyUI at {comfyui}: run `make setup` first")
+    workflow = load_workflow(args.workflow)
+    models, images = workflow_files(workflow)
+    if args.checkpoint:
+        models.update({node_id: (loader, folder, args.checkpoint) for node_id, (loader, folder, _) in models.items()
+                       if loader == "CheckpointLoaderSimple"})
+    given = dict(args.subject)
+    if args.tiny:
+        log.info(TINY_NOTICE)
+    chosen_models, missing = ({}, []) if args.tiny else find_models(comfyui, models)
+    chosen_images, missing_images = resolve_images(comfyui, images, subject_phrases(workflow), given, args.tiny)
+    missing += missing_images
+    if missing:
+        log.error("cannot run the demo: %d file(s) missing (see README, Models):\n  %s", len(missing), "\n  ".join(missing))
+        log.error("or try `make demo TINY=1` to check the setup with tiny stand-in models")
+        return EXIT_MISSING
+
+    with tempfile.TemporaryDirectory(prefix="msp-demo-") as scratch:
+        scratch = Path(scratch)
+        base, tiny_files = prepare_tiny_base(scratch / "comfyui", comfyui, models) if args.tiny else (None, None)
+        input_dir = (base or comfyui) / "input"
+        image_names = stage_images(chosen_images, images, input_dir, subject_phrases(workflow))
+        server = EmbeddedComfyUI(args.output_dir / "demo-server.log", base=base, port=args.port or None, comfyui=comfyui)
+        try:
+            log.info("starting ComfyUI on %s (server log: %s)", server.url, server.log_path)
+            server.start(timeout=300)
+            if tiny_files is not None:
+                tiny_files.wait()
+            prompt = workflow_to_prompt(workflow, fetch_object_info(server.url))
+            prepare_prompt(prompt, args, chosen_models, image_names)
+            started = time.time()
+            history = run_prompt(server, prompt, args.timeout)
+            stem = "demo-tiny" if args.tiny else "demo"
+            written = save_outputs(server, history, prompt, args.output_dir, stem)
+        except ServerError as e:
+            raise DemoError(str(e)) from None
+        except DemoError as e:
+            raise DemoError(f"{e}\n--- server log (last lines) ---\n{server.log_tail()}") from None
+        finally:
+            server.stop()
+            if tiny_files is not None:
+                tiny_files.stop()
+    log.info("done in %.1f s: %s", time.time() - started, ", ".join(str(p) for p in written))
+    if args.tiny:
+        log.info(TINY_NOTICE)
+    return 0
+
+
+def prepare_tiny_base(base: Path, comfyui: Path, models: dict[str, tuple[str, str, str]]) -> tuple[Path, TinyFiles]:
+    """A throwaway ComfyUI base directory: the pack, the test loaders, a tiny encoder (and LoRAs) under the workflow's names."""
+    prepare_base(base, test_nodes=True)
+    kinds = {"MSP_LoadSubjectEncoder": "encoder", "LoraLoader": "lora"}
+    files = sorted({(kinds[loader], base / "models" / folder / name) for loader, folder, name in models.values() if loader in kinds})
+    log.info("writing tiny model files: %s", ", ".join(str(path.relative_to(base)) for _, path in files))
+    return base, TinyFiles(files, comfyui, base / "tiny-files.log")
+
+
+def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input_dir: Path, phrases: list[str]) -> dict[str, str]:
+    """Put each image into the server's input folder; label -> the name its LoadImage will use."""
+    names = {}
+    input_dir.mkdir(parents=True, exist_ok=True)
+    for index, (label, source) in enumerate(chosen.items()):
+        if source is None:
+            target = input_dir / defaults[label]
+            placeholder_reference(target, index)
+            hint = f" (pass --subject {label}=PATH for a real one)" if label in phrases else ""
+            log.info("image '%s': generated placeholder %s%s", label, target, hint)
+        elif source.parent.resolve() == input_dir.resolve():
+            target = source
+            log.info("image '%s': %s", label, source)
+        else:
+            target = input_dir / f"msp_demo_{''.join(c if c.isalnum() else '_' for c in label)}{source.suffix.lower() or '.png'}"
+            shutil.copyfile(source, target)
+            log.info("image '%s': %s (copied to %s)", label, source, target)
+        names[defaults[label]] = target.name
+    return names
+
+
+def prepare_prompt(prompt: dict, args: argparse.Namespace, chosen_models: dict[str, str], image_names: dict[str, str]) -> None:
+    """The files actually found or staged, the tiny stand-ins, and --steps / --size."""
+    for node_id, name in chosen_models.items():
+        node = prompt[node_id]
+        node["inputs"][MODEL_LOADERS[node["class_type"]][0]] = name
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage" and node["inputs"].get("image") in image_names:
+            node["inputs"]["image"] = image_names[node["inputs"]["image"]]
+    if args.tiny:
+        use_tiny_stand_ins(prompt)
+    steps = args.steps
+    size = args.size or (TINY_SIZE if args.tiny else None)
+    if steps:
+        set_steps(prompt, steps)
+    if size:
+        set_size(prompt, *size)
+    sizes = [n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
+    steps = [n["inputs"].get("steps") for n in prompt.values() if n["class_type"] == "KSampler"]
+    log.info("graph: %s, %d nodes, %s px, %s steps", args.workflow.name, len(prompt),
+             ", ".join(f"{s['width']}x{s['height']}" for s in sizes), ", ".join(str(s) for s in steps))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`make demo`: scripts/demo.py runs the two-subjects example headless on the embedded ComfyUI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from comfy_runtime import PACK_ROOT
+
+DEMO = PACK_ROOT / "scripts" / "demo.py"
+MODEL_FILES = ("models/checkpoints/sd_xl_base_1.0.safetensors", "models/clip_vision/clip_vision_g.safetensors",
+               "models/msdiffusion/ms_adapter.bin")
+
+
+def run_demo(*args: str, timeout: float = 600) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True, timeout=timeout, cwd=PACK_ROOT)
+    return result.returncode, result.stdout + result.stderr
+
+
+def fake_comfyui(tmp_path: Path) -> Path:
+    """A ComfyUI folder without models (the demo checks its files before it starts anything)."""
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    (root / "main.py").write_text("raise SystemExit('the demo must not start a server when files are missing')\n")
+    return root
+
+
+def touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_tiny_demo_runs_the_example_and_writes_the_image_and_the_route_preview(tmp_path):
+    rex = tmp_path / "photos" / "rex.jpg"
+    rex.parent.mkdir()
+    Image.new("RGB", (90, 70), (120, 80, 40)).save(rex)
+    out = tmp_path / "output"
+    code, log = run_demo("--tiny", "--steps", "2", "--size", "128", "128", "--output-dir", str(out), "--subject", f"dog={rex}")
+    assert code == 0, log[-5000:]
+    assert Image.open(out / "demo-tiny.png").size == (128, 128)
+    routes = Image.open(out / "demo-tiny_routes.png")
+    assert routes.width >= 128 and routes.height >= 128
+    assert "tiny random-weight stand-ins" in log
+    assert "two_subjects.json" in log and "128x128" in log
+    assert "step 1/2" in log and "step 2/2" in log  # relayed from the websocket
+    assert str(rex) in log  # the given reference...
+    assert "generated placeholder" in log and "--subject cat=PATH" in log  # ...and a placeholder for the other
+
+
+def test_without_models_the_demo_lists_each_missing_file_and_where_it_goes(tmp_path):
+    root = fake_comfyui(tmp_path)
+    code, log = run_demo("--comfyui", str(root), "--output-dir", str(tmp_path / "out"), timeout=60)
+    assert code == 2, log
+    for relative in (*MODEL_FILES, "input/dog.png", "input/cat.png"):
+        assert str(root / relative) in log, relative
+    assert "5 file(s) missing" in log
+    assert "doge1516/MS-Diffusion" in log and "CLIP-ViT-bigG" in log and "SDXL" in log
+    assert "make demo TINY=1" in log
+    assert "must not start" not in log
+
+
+def test_the_demo_uses_what_is_there_and_lists_only_the_rest(tmp_path):
+    root = fake_comfyui(tmp_path)
+    touch(root / MODEL_FILES[0])
+    touch(root / MODEL_FILES[1])
+    touch(root / "models" / "msdiffusion" / "ms_adapter_fp16.safetensors")  # a conversion counts as the encoder
+    (root / "input").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "input" / "dog.png")
+    missing_cat = tmp_path / "nowhere" / "cat.jpg"
+    code, log = run_demo("--comfyui", str(root), "--subject", f"cat={missing_cat}", "--output-dir", str(tmp_path / "out"), timeout=60)
+    assert code == 2, log
+    assert "1 file(s) missing" in log and str(missing_cat) in log and "--subject" in log
+    for relative in MODEL_FILES:
+        assert str(root / relative) not in log, relative
+    assert "dog.png" not in log
+
+
+def test_the_demo_refuses_a_subject_the_workflow_does_not_have(tmp_path):
+    code, log = run_demo("--comfyui", str(fake_comfyui(tmp_path)), "--subject", "horse=x.png", timeout=60)
+    assert code == 1
+    assert "the workflow's subjects are dog, cat" in log

@@ -1,0 +1,499 @@
+"""The example workflows: real UI-format workflows, converted by the project's converter, run on the real server.
+
+Every file in example_workflows/ is converted with scripts/workflow_api.py against the test
+server's /object_info, its multi-GB model loaders are swapped for the test-only tiny ones
+(the real LoraLoader loads a tiny LoRA file written into the server's models/loras), sizes
+and steps are shrunk, and it is run over HTTP and the websocket. In headless Chromium, the real
+frontend loads every example and its own API prompt must equal the converter's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import browser_support
+from comfy_runtime import PACK_ROOT
+from comfy_server import PromptRefused
+from msp_package import pack
+
+sys.path.insert(0, str(PACK_ROOT / "scripts"))
+
+import demo  # noqa: E402
+import workflow_api  # noqa: E402
+from workflow_api import WorkflowError, workflow_to_prompt  # noqa: E402
+
+EXAMPLES_DIR = PACK_ROOT / "example_workflows"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
+EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+PACK_FOLDER = "comfyui-multisubject"  # the pack's folder name in the test server's custom_nodes
+REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
+               "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
+SHRINK = 8  # 1024 px -> 128 px
+TEST_STEPS = 2
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def by_type(workflow: dict, node_type: str) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def examples_server(comfy_server, tiny):
+    """The session server plus what the examples need beyond dog.png / cat.png: more references, a tiny LoRA."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    inputs = comfy_server.base / "input"
+    for i, name in enumerate(("beach.png", "teddy_bear.png")):
+        pixels = np.random.default_rng(10 + i).integers(0, 255, (72, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(inputs / name)
+    edges = Image.new("RGB", (160, 160), "black")
+    draw = ImageDraw.Draw(edges)
+    draw.rectangle((20, 50, 70, 130), outline="white", width=4)
+    draw.ellipse((95, 50, 145, 130), outline="white", width=4)
+    edges.save(inputs / "canny_source.png")
+    for path in EXAMPLES:
+        for node in by_type(load(path), "LoraLoader"):
+            target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
+            if not target.exists():
+                tiny.save_tiny_lora(target)
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def object_info(examples_server):
+    return examples_server.get("/object_info")
+
+
+# ------------------------------------------------------------------ test-run preparation
+
+
+def shrink(prompt: dict, steps: int = TEST_STEPS) -> dict:
+    """Tiny-model speed: 1/8 of every size, a few steps; auto routing from step 1; step previews within the steps."""
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind in ("EmptyLatentImage", "MSP_DrawLayoutBox"):
+            for key in ("width", "height"):
+                inputs[key] = max(64, inputs[key] // SHRINK // 8 * 8)
+        elif kind == "KSampler":
+            inputs["steps"] = steps
+        elif kind == "MSP_ApplyMultiSubjectAttention" and inputs.get("auto_routing"):
+            inputs["start_step"] = 1
+        elif kind == "MSP_RouterMaskPreview":
+            parts = [p.strip() for p in inputs.get("steps", "final").split(",") if p.strip()]
+            kept = [p for p in parts if not p.isdigit() or int(p) < steps]
+            if len(kept) < len(parts):
+                kept.insert(0, str(steps - 1))  # still show one numbered step
+            inputs["steps"] = ", ".join(dict.fromkeys(kept)) or "final"
+    return prompt
+
+
+def runnable_prompt(workflow: dict, object_info: dict) -> dict:
+    """The API prompt a test submits: converted, tiny stand-ins, shrunk."""
+    return shrink(demo.use_tiny_stand_ins(workflow_to_prompt(workflow, object_info)))
+
+
+def pixel_size(prompt: dict, ref: list) -> tuple[int, int]:
+    """(width, height) of the image or latent that output ``ref`` carries."""
+    node = prompt[ref[0]]
+    kind, inputs = node["class_type"], node["inputs"]
+    if kind == "EmptyLatentImage":
+        return inputs["width"], inputs["height"]
+    if kind == "LatentUpscaleBy":
+        width, height = pixel_size(prompt, inputs["samples"])
+        return round(width // 8 * inputs["scale_by"]) * 8, round(height // 8 * inputs["scale_by"]) * 8
+    upstream = {"KSampler": "latent_image", "VAEDecode": "samples", "SaveImage": "images"}[kind]
+    return pixel_size(prompt, inputs[upstream])
+
+
+def positive_text(prompt: dict, sampler_id: str) -> str:
+    ref = prompt[sampler_id]["inputs"]["positive"]
+    while prompt[ref[0]]["class_type"] != "CLIPTextEncode":
+        ref = prompt[ref[0]]["inputs"]["positive"]  # through ControlNetApplyAdvanced
+    return prompt[ref[0]]["inputs"]["text"]
+
+
+def view(server, image: dict) -> Image.Image:
+    query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=30) as response:
+        return Image.open(io.BytesIO(response.read()))
+
+
+# ------------------------------------------------------------------ the examples themselves
+
+
+def test_the_examples_are_all_there_and_the_template_browser_lists_them(examples_server):
+    assert {p.stem for p in EXAMPLES} == EXPECTED
+    readme = (EXAMPLES_DIR / "README.md").read_text()
+    for name in EXPECTED:
+        assert f"{name}.json" in readme, name
+    listed = examples_server.get("/api/workflow_templates")
+    assert set(listed[PACK_FOLDER]) == EXPECTED
+    served = examples_server.get(f"/api/workflow_templates/{PACK_FOLDER}/two_subjects.json")
+    assert served == load(EXAMPLES_DIR / "two_subjects.json")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, object_info):
+    workflow = load(path)
+    assert workflow["version"] == 0.4
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    assert len(nodes) == len(workflow["nodes"]) and workflow["last_node_id"] >= max(nodes)
+    links = {link[0]: link for link in workflow["links"]}
+    assert len(links) == len(workflow["links"]) and workflow["last_link_id"] >= max(links)
+    for node in workflow["nodes"]:
+        for key in ("id", "type", "pos", "size", "inputs", "outputs", "widgets_values", "mode", "order"):
+            assert key in node, (path.name, node["id"], key)
+        if node["type"] in workflow_api.NOTE_TYPES:
+            continue
+        definition = object_info[node["type"]]
+        assert len(node["widgets_values"]) == len(workflow_api.widget_slots(definition)), (path.name, node["type"])
+        for slot, entry in enumerate(node["inputs"]):
+            if entry["link"] is not None:
+                link_id, origin, origin_slot, target, target_slot, kind = links[entry["link"]]
+                assert (target, target_slot, kind) == (node["id"], slot, entry["type"]), (path.name, node["id"], entry)
+                assert link_id in nodes[origin]["outputs"][origin_slot]["links"]
+                assert nodes[origin]["outputs"][origin_slot]["type"] == kind
+            else:
+                spec = definition["input"].get("required", {}).get(entry["name"])
+                assert spec is None, f"{path.name}: node {node['id']} ({node['type']}) leaves required '{entry['name']}' open"
+    for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+
+    for node_type, name in REAL_MODELS.items():
+        assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
+    prompt = workflow_to_prompt(workflow, object_info)
+    layout_mod = pack("attention_patches.layout")
+    for node_id, node in prompt.items():
+        inputs = node["inputs"]
+        if node["class_type"] == "KSampler":
+            assert (inputs["cfg"], inputs["sampler_name"]) == (7.5, "euler")
+            if inputs["denoise"] == 1.0:
+                assert inputs["steps"] == 30
+            text = positive_text(prompt, node_id)
+        if node["class_type"] == "MSP_ApplyMultiSubjectAttention":
+            apply = inputs
+    subjects = []
+    ref = apply["subjects"]
+    while ref is not None:
+        subjects.insert(0, prompt[ref[0]]["inputs"]["phrase"])
+        ref = prompt[ref[0]]["inputs"].get("subjects")
+    for phrase in subjects:
+        assert phrase in text, (path.name, phrase, text)
+    box_node = prompt[apply["layout"][0]]["inputs"]
+    layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
+    assert len(layout.boxes) == len(subjects), path.name
+    assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
+    parsed = pack("nodes.apply_attention").parse_subject_scales(apply.get("subject_scales", ""))
+    scales = list(parsed) if parsed else [apply["scale"]] * len(subjects)
+    assert scales in ([0.6] * len(subjects), [0.6, 0.4]), (path.name, scales)
+    if apply["auto_routing"]:
+        assert apply["prompt"] == text and (apply["mask_threshold"], apply["start_step"]) == (0.5, 5)
+
+
+FEATURES = {  # example -> (node type, how many), beyond the common graph
+    "two_subjects": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1},
+    "subject_and_scene": {"MSP_EncodeReference": 2},
+    "three_subjects": {"MSP_EncodeReference": 3},
+    "controlnet_canny": {"ControlNetLoader": 1, "ControlNetApplyAdvanced": 1, "Canny": 1},
+    "lora": {"LoraLoader": 1},
+    "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
+    "auto_routing": {"MSP_RouterMaskPreview": 1},
+}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_contains_what_it_shows(path, object_info):
+    workflow = load(path)
+    for node_type, count in FEATURES[path.stem].items():
+        assert len(by_type(workflow, node_type)) == count, (path.name, node_type)
+    prompt = workflow_to_prompt(workflow, object_info)
+    apply_id, apply = next((i, n["inputs"]) for i, n in prompt.items() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
+    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "KSampler"]
+    assert all(s["model"] == [apply_id, 0] for s in samplers)  # every pass samples the patched MODEL
+    assert apply["auto_routing"] is (path.stem == "auto_routing")
+    if path.stem == "subject_and_scene":
+        assert apply["subject_scales"] == "0.6, 0.4"
+    if path.stem == "controlnet_canny":
+        control = next(n["inputs"] for n in prompt.values() if n["class_type"] == "ControlNetApplyAdvanced")
+        assert prompt[control["image"][0]]["class_type"] == "Canny"
+        assert all(prompt[s["positive"][0]]["class_type"] == "ControlNetApplyAdvanced" for s in samplers)
+    if path.stem == "lora":
+        lora_id = next(i for i, n in prompt.items() if n["class_type"] == "LoraLoader")
+        assert apply["model"] == [lora_id, 0]
+    if path.stem == "hires_fix":
+        second = next(s for s in samplers if s["denoise"] < 1.0)
+        assert second["denoise"] == 0.5 and prompt[second["latent_image"][0]]["class_type"] == "LatentUpscaleBy"
+    for preview in (n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_RouterMaskPreview"):
+        assert preview["routes"] == [apply_id, 1]
+        assert prompt[preview["latent"][0]]["class_type"] == "KSampler"
+        assert prompt[preview["image"][0]]["class_type"] == "VAEDecode"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_on_the_real_server(path, examples_server, object_info):
+    prompt = runnable_prompt(load(path), object_info)
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    outputs = history["outputs"]
+    saves = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
+    previews = [i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview"]
+    assert saves
+    for node_id in saves:
+        images = outputs[node_id]["images"]
+        assert len(images) == 1 and images[0]["type"] == "output"
+        saved = examples_server.base / "output" / images[0]["subfolder"] / images[0]["filename"]
+        assert Image.open(saved).size == pixel_size(prompt, [node_id])
+    for node_id in previews:
+        images = outputs[node_id]["images"]
+        assert images, f"{path.name}: Router Mask Preview showed nothing"
+        sheet = view(examples_server, images[0])
+        assert sheet.width > 0 and sheet.height > 0
+    if any(n["class_type"] == "LoraLoader" for n in prompt.values()):
+        assert "lora key not loaded" not in examples_server.log()
+    if path.stem == "auto_routing":
+        apply = next(n for n in prompt.values() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
+        assert apply["inputs"]["auto_routing"] is True and previews
+
+
+def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, object_info):
+    """With auto routing the preview adds the per-step routes to the layout's box routes: a larger sheet."""
+    workflow = load(EXAMPLES_DIR / "auto_routing.json")
+    sizes = {}
+    for auto in (False, True):
+        prompt = runnable_prompt(workflow, object_info)
+        apply = next(n for n in prompt.values() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
+        apply["inputs"]["auto_routing"] = auto
+        preview = next(n for n in prompt.values() if n["class_type"] == "MSP_RouterMaskPreview")
+        preview["inputs"]["steps"] = "final"  # numbered steps exist only with auto routing
+        history = examples_server.run(prompt)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        preview = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
+        sheet = view(examples_server, history["outputs"][preview]["images"][0])
+        sizes[auto] = sheet.width * sheet.height
+    assert sizes[True] > sizes[False]
+
+
+@pytest.mark.parametrize("name, node_type, strengths", [
+    ("controlnet_canny", "ControlNetApplyAdvanced", ("strength",)),
+    ("lora", "LoraLoader", ("strength_model", "strength_clip")),
+])
+def test_controlnet_and_lora_take_part_beside_the_subjects(name, node_type, strengths, examples_server, object_info):
+    """The example's ControlNet / LoRA really acts on the patched graph: at strength 0 the image differs."""
+    import numpy as np
+
+    pixels = []
+    for off in (False, True):
+        prompt = runnable_prompt(load(EXAMPLES_DIR / f"{name}.json"), object_info)
+        if off:
+            node = next(n for n in prompt.values() if n["class_type"] == node_type)
+            node["inputs"].update({key: 0.0 for key in strengths})
+        history = examples_server.run(prompt)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
+        image = history["outputs"][save]["images"][0]
+        pixels.append(np.asarray(Image.open(examples_server.base / "output" / image["subfolder"] / image["filename"]), dtype=np.int16))
+    assert np.abs(pixels[0] - pixels[1]).mean() > 0.25  # same seed, same subjects: only the ControlNet / LoRA differs
+
+
+# ------------------------------------------------------------------ invalid graphs
+
+
+def without_input(workflow: dict, node_type: str, input_name: str) -> dict:
+    """The workflow with one connection removed, as a user deleting the wire would leave it."""
+    workflow = json.loads(json.dumps(workflow))
+    node = by_type(workflow, node_type)[0]
+    entry = next(i for i in node["inputs"] if i["name"] == input_name)
+    link_id, entry["link"] = entry["link"], None
+    workflow["links"] = [link for link in workflow["links"] if link[0] != link_id]
+    for other in workflow["nodes"]:
+        for output in other["outputs"]:
+            if output.get("links") and link_id in output["links"]:
+                output["links"].remove(link_id)
+    return workflow
+
+
+def test_a_removed_subjects_wire_is_a_node_error_and_the_server_keeps_serving(examples_server, object_info):
+    workflow = without_input(load(EXAMPLES_DIR / "two_subjects.json"), "MSP_ApplyMultiSubjectAttention", "subjects")
+    prompt = runnable_prompt(workflow, object_info)
+    apply_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
+    assert "subjects" not in prompt[apply_id]["inputs"]
+    with pytest.raises(PromptRefused) as error:
+        examples_server.run(prompt)
+    assert error.value.status == 400
+    node_errors = error.value.body["node_errors"]
+    assert node_errors[apply_id]["class_type"] == "MSP_ApplyMultiSubjectAttention"
+    assert any(e["type"] == "required_input_missing" and "subjects" in json.dumps(e) for e in node_errors[apply_id]["errors"])
+    again = examples_server.run(runnable_prompt(load(EXAMPLES_DIR / "two_subjects.json"), object_info))
+    assert again["status"]["status_str"] == "success"
+
+
+def test_a_box_count_mismatch_is_an_execution_error_naming_the_node(examples_server, object_info):
+    prompt = runnable_prompt(load(EXAMPLES_DIR / "three_subjects.json"), object_info)
+    layout = next(n for n in prompt.values() if n["class_type"] == "MSP_DrawLayoutBox")
+    layout["inputs"]["preset"] = "two subjects"  # 3 subjects, 2 boxes
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "error"
+    error = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+    assert error["node_type"] == "MSP_ApplyMultiSubjectAttention"
+    assert "3 subject(s)" in error["exception_message"] and "2 box(es)" in error["exception_message"]
+    assert examples_server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
+    again = examples_server.run(runnable_prompt(load(EXAMPLES_DIR / "three_subjects.json"), object_info))
+    assert again["status"]["status_str"] == "success"
+
+
+# ------------------------------------------------------------------ the real frontend agrees with the converter
+
+
+LOAD_AND_CONVERT = """
+const [workflow] = args;
+await window.app.loadGraphData(workflow, true, true, 'example');
+const missing = workflow.nodes.map((n) => n.type)
+  .filter((t) => !['MarkdownNote', 'Note'].includes(t) && !window.LiteGraph.registered_node_types[t]);
+const prompt = await window.app.graphToPrompt();
+return {output: prompt.output, saved: window.app.graph.serialize(), missing};
+"""
+
+
+@pytest.mark.skipif(browser_support.find_browser() is None and os.environ.get("CI") != "true",
+                    reason="chromium / chromedriver not installed (`make browser`)")
+def test_the_real_frontend_loads_every_example_and_converts_it_as_the_converter_does(examples_server, object_info, tmp_path):
+    browser_support.prepare_frontend(examples_server)
+    driver = browser_support.make_driver(tmp_path / "profile")
+    try:
+        browser_support.open_app(driver, examples_server.url)
+        for path in EXAMPLES:
+            workflow = load(path)
+            result = browser_support.js(driver, LOAD_AND_CONVERT, workflow)
+            assert result["missing"] == [], path.name
+            ours = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in workflow_to_prompt(workflow, object_info).items()}
+            theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["output"].items()}
+            assert ours == theirs, path.name
+            saved = {n["id"]: n.get("widgets_values") for n in result["saved"]["nodes"]}
+            assert saved == {n["id"]: n["widgets_values"] for n in workflow["nodes"]}, f"{path.name}: the frontend changed widget values"
+    finally:
+        driver.quit()
+
+
+# ------------------------------------------------------------------ the converter on a hand-made workflow
+
+OBJECT_INFO = {
+    "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
+               "input_order": {"required": ["ckpt_name"]}, "output": ["MODEL", "CLIP"], "output_name": ["MODEL", "CLIP"]},
+    "Sampler": {
+        "input": {
+            "required": {"model": ["MODEL", {}], "seed": ["INT", {"default": 0, "control_after_generate": True}],
+                         "steps": ["INT", {"default": 20}], "text": ["STRING", {"multiline": True}],
+                         "mode": ["COMBO", {"options": ["a", "b"]}]},
+            "optional": {"latent": ["LATENT", {}], "strength": ["FLOAT", {"default": 1.0}],
+                         "label": ["STRING", {"forceInput": True}], "enabled": ["BOOLEAN", {"default": True}]},
+        },
+        "input_order": {"required": ["model", "seed", "steps", "text", "mode"], "optional": ["latent", "strength", "label", "enabled"]},
+        "output": ["LATENT"], "output_name": ["LATENT"],
+    },
+    # no input_order: the definition's own key order is used
+    "ImageLoader": {"input": {"required": {"image": [["x.png"], {"image_upload": True}], "channel": [["rgb", "alpha"]]}},
+                    "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    "Text": {"input": {"required": {"value": ["STRING", {}]}}, "output": ["STRING"], "output_name": ["STRING"]},
+    "Passthrough": {"input": {"required": {"model": ["MODEL", {}]}}, "output": ["MODEL"], "output_name": ["MODEL"]},
+}
+
+
+def node(node_id, kind, widgets, inputs=(), outputs=(), mode=0, **extra):
+    return {"id": node_id, "type": kind, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": 0, "mode": mode,
+            "inputs": [dict(i) for i in inputs], "outputs": [dict(o) for o in outputs], "properties": {},
+            "widgets_values": widgets, **extra}
+
+
+def hand_made_workflow() -> dict:
+    return {
+        "last_node_id": 9, "last_link_id": 7, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "nodes": [
+            node(1, "Loader", ["b.safetensors"], outputs=[{"name": "MODEL", "type": "MODEL", "links": [1]},
+                                                         {"name": "CLIP", "type": "CLIP", "links": None}]),
+            node(2, "Reroute", [], inputs=[{"name": "", "type": "*", "link": 1}], outputs=[{"name": "", "type": "MODEL", "links": [2]}]),
+            node(3, "Passthrough", [], mode=4, inputs=[{"name": "model", "type": "MODEL", "link": 2}],
+                 outputs=[{"name": "MODEL", "type": "MODEL", "links": [3]}]),
+            node(4, "Sampler", [7, "randomize", 12, "hello", "b", 0.5, False],
+                 inputs=[{"name": "model", "type": "MODEL", "link": 3},
+                         {"name": "latent", "type": "LATENT", "link": None, "shape": 7},
+                         {"name": "steps", "type": "INT", "link": 4, "widget": {"name": "steps"}},
+                         {"name": "text", "type": "STRING", "link": 5, "widget": {"name": "text"}},
+                         {"name": "label", "type": "STRING", "link": 6}],
+                 outputs=[{"name": "LATENT", "type": "LATENT", "links": None}], title="My sampler"),
+            node(5, "PrimitiveNode", [25, "fixed"], outputs=[{"name": "INT", "type": "INT", "links": [4], "widget": {"name": "steps"}}]),
+            node(6, "Text", ["from a node"], outputs=[{"name": "STRING", "type": "STRING", "links": [5, 6]}]),
+            node(7, "ImageLoader", ["x.png", "alpha", "image"], outputs=[{"name": "IMAGE", "type": "IMAGE", "links": None}]),
+            node(8, "MarkdownNote", ["# notes are dropped"]),
+            node(9, "ImageLoader", ["x.png", "rgb"], mode=2, outputs=[{"name": "IMAGE", "type": "IMAGE", "links": None}]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 4, 0, "MODEL"], [4, 5, 0, 4, 2, "INT"],
+                  [5, 6, 0, 4, 3, "STRING"], [6, 6, 0, 4, 4, "STRING"]],
+    }
+
+
+def test_converter_maps_widgets_links_converted_widgets_and_frontend_only_nodes():
+    prompt = workflow_to_prompt(hand_made_workflow(), OBJECT_INFO)
+    assert set(prompt) == {"1", "4", "6", "7"}  # reroute, bypassed, primitive, note and muted nodes are gone
+    assert prompt["1"] == {"class_type": "Loader", "inputs": {"ckpt_name": "b.safetensors"}, "_meta": {"title": "Loader"}}
+    sampler = prompt["4"]
+    assert sampler["_meta"]["title"] == "My sampler"
+    assert sampler["inputs"] == {
+        "model": ["1", 0],          # through the reroute and the bypassed node
+        "seed": 7,                  # "randomize" is the seed's control_after_generate value, not an input
+        "steps": 25,                # converted widget fed by a primitive: its value is inlined
+        "text": ["6", 0],           # converted widget fed by a node: the link wins over the stored "hello"
+        "mode": "b",
+        "strength": 0.5,            # optional widgets are sent
+        "label": ["6", 0],          # forceInput STRING: a socket, never a widget value
+        "enabled": False,
+    }                               # the unconnected optional 'latent' socket is left out
+    assert prompt["7"]["inputs"] == {"image": "x.png", "channel": "alpha"}  # the upload button's value is skipped
+
+
+def test_converter_accepts_the_short_and_named_widget_forms():
+    definition = OBJECT_INFO["Sampler"]
+    full = workflow_api.map_widget_values(definition, [1, "fixed", 2, "t", "a", 0.1, True], "n")
+    short = workflow_api.map_widget_values(definition, [1, 2, "t", "a", 0.1, True], "n")  # saved without the control value
+    named = workflow_api.map_widget_values(definition, {"seed": 1, "steps": 2, "text": "t", "mode": "a", "strength": 0.1,
+                                                        "enabled": True, "unknown": 3}, "n")
+    assert full == short == named == {"seed": 1, "steps": 2, "text": "t", "mode": "a", "strength": 0.1, "enabled": True}
+    assert workflow_api.map_widget_values(OBJECT_INFO["ImageLoader"], ["x.png", "rgb"], "n") == {"image": "x.png", "channel": "rgb"}
+
+
+def test_converter_errors_name_the_node():
+    workflow = hand_made_workflow()
+    workflow["nodes"][0]["type"] = "NotInstalled"
+    with pytest.raises(WorkflowError, match=r"node 1 \(NotInstalled\).*custom-node pack"):
+        workflow_to_prompt(workflow, OBJECT_INFO)
+    workflow = hand_made_workflow()
+    workflow["links"] = workflow["links"][1:]
+    with pytest.raises(WorkflowError, match=r"node 4 \(Sampler, 'My sampler'\), input 'model': link 1 is not"):
+        workflow_to_prompt(workflow, OBJECT_INFO)
+    with pytest.raises(WorkflowError, match="subgraphs"):
+        workflow_to_prompt({**hand_made_workflow(), "definitions": {"subgraphs": [{"id": "x"}]}}, OBJECT_INFO)
+
+
+def test_converter_command_line(tmp_path):
+    (tmp_path / "workflow.json").write_text(json.dumps(hand_made_workflow()))
+    (tmp_path / "object_info.json").write_text(json.dumps(OBJECT_INFO))
+    result = subprocess.run([sys.executable, str(PACK_ROOT / "scripts" / "workflow_api.py"), str(tmp_path / "workflow.json"),
+                             "--object-info", str(tmp_path / "object_info.json")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == workflow_to_prompt(hand_made_workflow(), OBJECT_INFO)
