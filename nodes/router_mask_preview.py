@@ -12,22 +12,27 @@ FINAL = "final"
 
 
 def parse_steps(text: str, recorded: list[int]) -> list[int]:
-    """Chosen recorded step indices from 'final' or step numbers counted from 1, like '5, 10, final'."""
+    """Chosen recorded step indices from 'final' or step numbers counted from 1, like '5, 10, final'.
+
+    Nothing is chosen when nothing was recorded (box routing, or no sampling run yet).
+    """
+    if not recorded:
+        return []
     chosen = []
     for part in (p.strip().lower() for p in text.split(",")):
         if not part:
             continue
         if part == FINAL:
-            step = recorded[-1] if recorded else None
+            step = recorded[-1]
         else:
             try:
                 step = int(part) - 1
             except ValueError:
                 raise ValueError(f"{NODE_NAME}: steps must be 'final' or step numbers like '5, 10, final'; got '{part}'") from None
-            if recorded and step not in recorded:
+            if step not in recorded:
                 raise ValueError(f"{NODE_NAME}: step {step + 1} was not recorded; the last run recorded steps "
                                  f"{recorded[0] + 1} to {recorded[-1] + 1}")
-        if step is not None and step not in chosen:
+        if step not in chosen:
             chosen.append(step)
     return chosen
 

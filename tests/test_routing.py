@@ -172,6 +172,8 @@ def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_enco
         assert torch.equal(mask, expected)
     assert routes.recorder is None  # box routes need no capture
     assert sheet.shape[0] == 1 and sheet.shape[2] == 2 * width and sheet.shape[3] == 3  # boxes at both UNet resolutions
+    numbered, same_masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="10, 20, final").args
+    assert torch.equal(numbered, sheet) and torch.equal(same_masks, masks)  # nothing recorded: step numbers show nothing more
     overlay = torch.full((1, height, width, 3), 0.5)
     tinted, _ = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, image=overlay).args
     assert not torch.equal(tinted, sheet)
