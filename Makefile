@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PORT ?= 8188
 TINY ?=
+QUICK ?=
 
 .PHONY: setup browser lint test run demo bench
 
@@ -29,5 +30,6 @@ run: setup
 demo: setup
 	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,)
 
+# QUICK=1: fewer rounds and cases (a few minutes instead of about a quarter of an hour)
 bench: setup
-	$(VENV_PY) bench/run_all.py
+	$(VENV_PY) bench/run_all.py $(if $(QUICK),--quick,)

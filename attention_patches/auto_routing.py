@@ -25,22 +25,39 @@ class AutoRouting:
     start_step: int = 5
 
 
-def phrase_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, phrase_tokens: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """[P, S, N]: mean over heads and phrase tokens of softmax(q k^T / sqrt(d)) over all text tokens."""
+def phrase_selectors(phrase_tokens: tuple[tuple[int, ...], ...], text_tokens: int, device: torch.device) -> torch.Tensor:
+    """[T, S] float32: column s averages subject s's phrase tokens."""
+    selectors = torch.zeros(text_tokens, len(phrase_tokens), dtype=torch.float32, device=device)
+    for subject, tokens in enumerate(phrase_tokens):
+        selectors[list(tokens), subject] = 1.0 / len(tokens)
+    return selectors
+
+
+def phrase_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, selectors: torch.Tensor,
+                          v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[P, S, N] phrase maps: mean over heads and phrase tokens of softmax(q k^T / sqrt(d)) over all text tokens.
+
+    With ``v``, also the text attention output [P, N, C] from the same probabilities, so a caller
+    that needs both computes the softmax once.
+    """
     rows, num_pixels, channels = q.shape
     dim_head = channels // heads
     qh = q.reshape(rows, num_pixels, heads, dim_head).transpose(1, 2)
     kh = k.reshape(rows, -1, heads, dim_head).transpose(1, 2)
-    selectors = torch.zeros(k.shape[1], len(phrase_tokens), dtype=torch.float32, device=q.device)
-    for subject, tokens in enumerate(phrase_tokens):
-        selectors[list(tokens), subject] = 1.0 / len(tokens)
-    maps = torch.zeros(rows, len(phrase_tokens), num_pixels, dtype=torch.float32, device=q.device)
+    vh = v.reshape(rows, -1, heads, dim_head).transpose(1, 2) if v is not None else None
+    out = torch.empty_like(qh) if v is not None else None
+    maps = None
     heads_per_chunk = max(1, MAP_ELEMENTS_PER_CHUNK // max(1, rows * num_pixels * k.shape[1]))
     for h0 in range(0, heads, heads_per_chunk):
-        scores = (qh[:, h0:h0 + heads_per_chunk] @ kh[:, h0:h0 + heads_per_chunk].transpose(-1, -2)).float()
-        probs = (scores * dim_head**-0.5).softmax(dim=-1)  # [P, h, N, T]
-        maps += (probs @ selectors).sum(dim=1).transpose(1, 2)
-    return maps / heads
+        h = slice(h0, h0 + heads_per_chunk)
+        probs = (qh[:, h] @ kh[:, h].transpose(-1, -2)).float().mul_(dim_head**-0.5).softmax(dim=-1)  # [P, h, N, T]
+        if out is not None:
+            out[:, h] = probs.to(vh.dtype) @ vh[:, h]
+        chunk = (probs @ selectors).sum(dim=1).transpose(1, 2)
+        maps = chunk if maps is None else maps.add_(chunk)
+    if out is not None:
+        out = out.transpose(1, 2).reshape(rows, num_pixels, channels)
+    return maps / heads, out
 
 
 def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:

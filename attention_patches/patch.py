@@ -17,11 +17,11 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from .auto_routing import AutoRouting, PhraseMapHistory, phrase_attention_maps, pseudo_routes
+from .auto_routing import AutoRouting, PhraseMapHistory, phrase_attention_maps, phrase_selectors, pseudo_routes
 from .layer_map import AttnKey
 from .recorder import RouteRecorder
 from .routed_attention import routed_image_attention
-from .routing import box_routes, route_groups
+from .routing import RouteMask, box_routes
 from .subject_bank import SubjectBank
 
 log = logging.getLogger("comfyui_multisubject")
@@ -72,6 +72,8 @@ class SubjectRouting:
     recorder: RouteRecorder | None = None
     _routes: dict = field(default_factory=dict, repr=False)
     _tokens: dict = field(default_factory=dict, repr=False)
+    _selectors: dict = field(default_factory=dict, repr=False)
+    _last_sigma: tuple = field(default=(None, True), repr=False)
 
     def __deepcopy__(self, memo):
         return self
@@ -82,22 +84,23 @@ class SubjectRouting:
         return self.auto is not None or self.recorder is not None
 
     def is_active(self, extra_options: dict) -> bool:
-        if self.sigma_range is None:
-            return True
+        """Inside the start/end window; decided once per model call (the 70 layers share its sigmas)."""
         sigmas = extra_options.get("sigmas")
-        if sigmas is None:
+        if self.sigma_range is None or sigmas is None:
             return True
-        sigma = float(sigmas.max())
-        start, end = self.sigma_range
-        return end <= sigma <= start
+        seen, active = self._last_sigma
+        if seen is not sigmas:
+            start, end = self.sigma_range
+            active = end <= float(sigmas.max()) <= start
+            self._last_sigma = (sigmas, active)
+        return active
 
-    def box_routes(self, key: AttnKey, height: int, width: int, device: torch.device):
-        """([S, N] routes, groups) of the boxes at this layer's grid, computed once per grid."""
-        cache_key = (height, width, self.downscales.get(key, 1), device)
+    def box_routes(self, key: AttnKey, height: int, width: int, device: torch.device) -> RouteMask:
+        """The boxes' routes at this layer's grid, computed once per grid."""
+        downscale = self.downscales.get(key, 1)
+        cache_key = (height, width, downscale, device)
         if cache_key not in self._routes:
-            feather_tokens = self.feather / self.downscales.get(key, 1)
-            routes = box_routes(self.boxes.to(device), height, width, feather_tokens)
-            self._routes[cache_key] = (routes, route_groups(routes))
+            self._routes[cache_key] = RouteMask(box_routes(self.boxes.to(device), height, width, self.feather / downscale))
         return self._routes[cache_key]
 
     def tokens(self, key: AttnKey, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,46 +113,47 @@ class SubjectRouting:
             self._tokens[cache_key] = (layer.key.to(device, dtype), layer.value.to(device, dtype))
         return self._tokens[cache_key]
 
-    def image_attention(
-        self,
-        key: AttnKey,
-        q: torch.Tensor,
-        k_text: torch.Tensor,
-        height: int,
-        width: int,
-        heads: int,
-        attention: Callable,
-        run: RunState | None,
-        step: int,
-    ) -> torch.Tensor:
-        """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``."""
+    def selectors(self, text_tokens: int, device: torch.device) -> torch.Tensor:
+        """[T, S] averaging of each subject's phrase tokens (auto routing), built once per context length."""
+        cache_key = (text_tokens, device)
+        if cache_key not in self._selectors:
+            self._selectors[cache_key] = phrase_selectors(self.auto.phrase_tokens, text_tokens, device)
+        return self._selectors[cache_key]
+
+    def image_attention(self, key: AttnKey, q: torch.Tensor, height: int, width: int, heads: int,
+                        run: RunState | None, step: int, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``.
+
+        ``maps`` ([P, S, N] phrase maps of this call) drive auto routing.
+        """
         keys, values = self.tokens(key, q.device, q.dtype)
-        routes, groups = self.box_routes(key, height, width, q.device)
-        if self.auto is not None and run is not None:
-            maps = phrase_attention_maps(q, k_text, heads, self.auto.phrase_tokens)
+        routes = self.box_routes(key, height, width, q.device)
+        if maps is not None and run is not None:
             mean_maps, steps_seen = run.history(self, key).update(step, maps)
             if steps_seen >= self.auto.start_step:
-                routes = pseudo_routes(mean_maps, self.auto.mask_threshold)
+                pseudo = pseudo_routes(mean_maps, self.auto.mask_threshold)
                 if self.recorder is not None:
-                    self.recorder.add(step, height, width, routes)
-                return torch.cat([
-                    routed_image_attention(q[row:row + 1], keys, values, route_groups(routes[row]), heads, attention)
-                    for row in range(q.shape[0])
-                ])
+                    self.recorder.add(step, height, width, pseudo)
+                rows = [routed_image_attention(q[r:r + 1], keys, values, RouteMask(pseudo[r]), heads) for r in range(q.shape[0])]
+                return rows[0] if len(rows) == 1 else torch.cat(rows)
         if self.recorder is not None:
-            self.recorder.add(step, height, width, routes)
-        return routed_image_attention(q, keys, values, groups, heads, attention)
+            self.recorder.add(step, height, width, routes.routes)
+        return routed_image_attention(q, keys, values, routes, heads)
 
 
-def positive_rows(cond_or_uncond: list[int], batch: int) -> slice | torch.Tensor | None:
-    """Rows of the positive chunks: a slice when contiguous, else an index tensor."""
+def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> slice | torch.Tensor | None:
+    """Rows of the chunks of ``kind`` (positive or negative): a slice when contiguous, else an index tensor."""
     chunk = batch // len(cond_or_uncond)
-    chunks = [i for i, kind in enumerate(cond_or_uncond) if kind == POSITIVE]
+    chunks = [i for i, k in enumerate(cond_or_uncond) if k == kind]
     if not chunks:
         return None
     if chunks == list(range(chunks[0], chunks[-1] + 1)):
         return slice(chunks[0] * chunk, (chunks[-1] + 1) * chunk)
     return torch.tensor([row for i in chunks for row in range(i * chunk, (i + 1) * chunk)])
+
+
+def positive_rows(cond_or_uncond: list[int], batch: int) -> slice | torch.Tensor | None:
+    return chunk_rows(cond_or_uncond, batch, POSITIVE)
 
 
 class MultiSubjectAttention:
@@ -183,23 +187,39 @@ class MultiSubjectAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
 
-        def attention(q_, k_, v_, heads_):
+        def attention(q_, k_, v_):
             return comfy_attention.optimized_attention(
-                q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
+                q_, k_, v_, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
             )
 
-        out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v, heads)
-        rows = positive_rows(extra_options.get("cond_or_uncond", [POSITIVE]), q.shape[0])
+        cond_or_uncond = extra_options.get("cond_or_uncond", [POSITIVE])
+        rows = chunk_rows(cond_or_uncond, q.shape[0])
         active = [r for r in self.routings if r.is_active(extra_options)] if rows is not None else []
         if not active:
-            return out
-        height, width = extra_options["activations_shape"][-2:]
+            return self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
         run = extra_options.get(RUN_STATE_KEY)
-        step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
+        auto = [r for r in active if r.auto is not None] if run is not None else []
         q_pos, k_pos = q[rows], k[rows]
-        image = active[0].image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run, step)
-        for routing in active[1:]:
-            image = image + routing.image_attention(self.key, q_pos, k_pos, height, width, heads, attention, run, step)
+        maps = {}
+        if auto and self.base is None:
+            # one softmax gives the positive rows' text attention and every subject's phrase maps
+            selectors = torch.cat([r.selectors(k.shape[1], q.device) for r in auto], dim=1)
+            all_maps, text = phrase_attention_maps(q_pos, k_pos, heads, selectors, v[rows])
+            out = torch.empty_like(q)
+            out[rows] = text
+            negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
+            if negative is not None:
+                out[negative] = attention(q[negative], k[negative], v[negative])
+            maps = dict(zip(auto, all_maps.split([len(r.auto.phrase_tokens) for r in auto], dim=1)))
+        else:
+            out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
+            maps = {r: phrase_attention_maps(q_pos, k_pos, heads, r.selectors(k.shape[1], q.device))[0] for r in auto}
+        height, width = extra_options["activations_shape"][-2:]
+        step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
+        image = None
+        for routing in active:
+            part = routing.image_attention(self.key, q_pos, height, width, heads, run, step, maps.get(routing))
+            image = part if image is None else image + part
         if isinstance(rows, slice):
             out[rows] += image.to(out.dtype)
         else:

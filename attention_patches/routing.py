@@ -1,9 +1,10 @@
-"""Box -> token routes at a layer's own (h, w), and grouping of pixels by covering subjects.
+"""Box -> token routes at a layer's own (h, w), and the attention masks they imply.
 
 A route is a ``[S, h*w]`` weight per subject and pixel (row-major, origin top-left): 1 inside
-the subject's box, 0 outside, optionally a linear ramp outside the box (feather). Pixels are
-grouped by the set of subjects that cover them, so each group attends only to its own
-subjects' tokens: exact, and the cost no longer grows with the number of subjects.
+the subject's box, 0 outside, optionally a linear ramp outside the box (feather). Each pixel
+attends only to the tokens of the subjects that cover it; :class:`RouteMask` turns the routes
+into the mask of one fused attention over all subjects' tokens, built once per route (box
+routes: once per grid), so later calls pay nothing for it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-MAX_SUBJECTS = 62  # subject sets are encoded as bits of an int64
-
 
 def box_routes(boxes: torch.Tensor, height: int, width: int, feather: float = 0.0) -> torch.Tensor:
     """[S, height*width] routes of normalised x1,y1,x2,y2 boxes.
@@ -40,37 +38,66 @@ def box_routes(boxes: torch.Tensor, height: int, width: int, feather: float = 0.
 
 
 @dataclass(frozen=True)
-class RouteGroup:
-    """Pixels that share one set of covering subjects.
+class TokenMask:
+    """What one fused attention over every subject's tokens needs to route every pixel at once.
 
-    ``pixels`` is None when the group is every pixel. ``weights`` ([n_pixels, n_subjects])
-    is set only where some route is fractional (feathered edges); otherwise all are 1.
+    The token axis is every subject's ``tokens_per_subject`` tokens, followed by one *null*
+    token (zero value) when some pixel is covered by no subject: that pixel attends only to
+    it, so its output is exactly zero without a separate pass. With feathered routes an
+    uncovered pixel attends to everything with probability weight 0 instead.
+
+    - ``bias``: [N, S*T (+1)] additive mask, 0 on the tokens of the pixel's subjects, -inf
+      elsewhere; None when every pixel attends to every subject's tokens.
+    - ``weights``: [N, S*T] float32 probability weights (feathered routes), else None.
     """
 
-    subjects: tuple[int, ...]
-    pixels: torch.Tensor | None
-    weights: torch.Tensor | None = None
+    bias: torch.Tensor | None
+    weights: torch.Tensor | None
+    null_token: bool
 
 
-def route_groups(routes: torch.Tensor) -> list[RouteGroup]:
-    """Group the pixels of ``routes`` [S, N] by covering set; uncovered pixels are dropped."""
+class RouteMask:
+    """The routes ``[S, N]`` of one layer call and their token masks, built once per token layout."""
+
+    def __init__(self, routes: torch.Tensor):
+        self.routes = routes
+        self._masks: dict = {}
+
+    @property
+    def num_subjects(self) -> int:
+        return self.routes.shape[0]
+
+    def covering_sets(self) -> set[tuple[int, ...]]:
+        """The distinct non-empty sets of subjects covering a pixel (the pixel groups)."""
+        covered = (self.routes > 0).T.tolist()
+        return {tuple(s for s, c in enumerate(pixel) if c) for pixel in covered} - {()}
+
+    def token_mask(self, tokens_per_subject: int, dtype: torch.dtype, device: torch.device) -> TokenMask:
+        key = (tokens_per_subject, dtype, device)
+        if key not in self._masks:
+            self._masks[key] = _token_mask(self.routes.to(device), tokens_per_subject, dtype)
+        return self._masks[key]
+
+
+def _token_mask(routes: torch.Tensor, tokens_per_subject: int, dtype: torch.dtype) -> TokenMask:
     num_subjects, num_pixels = routes.shape
-    if num_subjects > MAX_SUBJECTS:
-        raise ValueError(f"at most {MAX_SUBJECTS} subjects can be routed in one layer, got {num_subjects}")
-    covered = routes > 0
-    bits = torch.arange(num_subjects, device=routes.device, dtype=torch.int64)
-    codes = (covered.to(torch.int64) << bits[:, None]).sum(0)
-    soft = (covered & (routes < 1)).any(0)
-    keys = codes * 2 + soft.to(torch.int64)
-    groups = []
-    for key in torch.unique(keys).tolist():
-        code, is_soft = key >> 1, key & 1
-        if code == 0:
-            continue
-        subjects = tuple(s for s in range(num_subjects) if code >> s & 1)
-        pixels = torch.nonzero(keys == key).squeeze(1)
-        weights = routes[list(subjects)][:, pixels].T.contiguous() if is_soft else None
-        if pixels.numel() == num_pixels:
-            pixels = None
-        groups.append(RouteGroup(subjects, pixels, weights))
-    return groups
+    covered = routes > 0  # [S, N]
+    soft = bool((covered & (routes < 1)).any())
+    pixel_covered = covered.any(dim=0)  # [N]
+    if not soft and bool(covered.all()):
+        return TokenMask(None, None, False)  # every pixel attends to every token: no mask at all
+    null_token = not soft and not bool(pixel_covered.all())
+    tokens = num_subjects * tokens_per_subject
+    zero = torch.zeros((), dtype=dtype, device=routes.device)
+    blocked = torch.full((), float("-inf"), dtype=dtype, device=routes.device)
+    # feathered: an uncovered pixel may attend to everything, its probability weights are all 0
+    allowed = covered | ~pixel_covered if soft else covered
+    bias = torch.empty(num_pixels, tokens + int(null_token), dtype=dtype, device=routes.device)
+    bias[:, :tokens].view(num_pixels, num_subjects, tokens_per_subject).copy_(
+        torch.where(allowed.T, zero, blocked)[:, :, None].expand(-1, -1, tokens_per_subject))
+    if null_token:
+        bias[:, tokens] = torch.where(pixel_covered, blocked, zero)
+    weights = None
+    if soft:
+        weights = routes.T.to(torch.float32)[:, :, None].expand(-1, -1, tokens_per_subject).reshape(num_pixels, tokens)
+    return TokenMask(bias, weights, null_token)

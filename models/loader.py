@@ -110,11 +110,12 @@ def build_encoder(flat: dict[str, torch.Tensor], metadata: dict[str, str] | None
         raise SubjectEncoderFormatError(
             f"{name} is inconsistent: the resampler emits {config.output_dim}-wide tokens but the layers read {sorted(cross_dims)}."
         )
-    encoder = MSDiffusionEncoder(config, {i: pair["to_k_ip"].shape[0] for i, pair in layers.items()})
+    with torch.device("meta"):  # no second copy of the weights: the checkpoint's tensors are adopted below
+        encoder = MSDiffusionEncoder(config, {i: pair["to_k_ip"].shape[0] for i, pair in layers.items()})
     state_dict = {f"image_proj.{k}": v for k, v in resampler_sd.items()}
     state_dict.update({f"ms_adapter.{i}.{proj}.weight": t for i, pair in layers.items() for proj, t in pair.items()})
     try:
-        encoder.load_state_dict(state_dict, strict=True)
+        encoder.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as e:
         raise SubjectEncoderFormatError(f"{name} does not match the MS-Diffusion architecture: {e}") from e
     return encoder.eval().requires_grad_(False)

@@ -135,13 +135,16 @@ def test_feathered_routes_fall_off_outside_the_box_only():
     assert soft.view(16, 16)[8, 3].item() == pytest.approx(0.5)  # one cell outside, feather 2
 
 
-def test_route_groups_cover_each_pixel_once():
+def test_route_masks_let_each_pixel_see_exactly_its_subjects_tokens():
     routes = routing.box_routes(torch.tensor([[0.0, 0.0, 0.6, 1.0], [0.4, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.2]]), 10, 10)
-    groups = routing.route_groups(routes)
-    seen = torch.zeros(100, dtype=torch.int64)
-    for group in groups:
-        pixels = torch.arange(100) if group.pixels is None else group.pixels
-        seen[pixels] += 1
-        assert all(routes[s, pixels].min() > 0 for s in group.subjects)
-    assert torch.equal(seen, (routes.sum(0) > 0).long())
-    assert {g.subjects for g in groups} == {(0,), (1,), (0, 1), (0, 2), (1, 2), (0, 1, 2)}
+    routes[:, 99] = 0  # one pixel covered by nobody
+    mask = routing.RouteMask(routes)
+    assert mask.covering_sets() == {(0,), (1,), (0, 1), (0, 2), (1, 2), (0, 1, 2)}
+    token_mask = mask.token_mask(4, torch.float32, torch.device("cpu"))
+    assert token_mask.null_token and token_mask.weights is None
+    allowed = token_mask.bias == 0  # [N, 3 * 4 + 1]
+    expected = (routes.T > 0).repeat_interleave(4, dim=1)
+    assert torch.equal(allowed[:, :12], expected)
+    assert torch.equal(allowed[:, 12], (routes.sum(0) == 0))  # only uncovered pixels see the zero-valued null token
+    everywhere = routing.RouteMask(torch.ones(2, 6)).token_mask(4, torch.float32, torch.device("cpu"))
+    assert everywhere.bias is None and not everywhere.null_token

@@ -123,14 +123,34 @@ def test_routes_switch_to_the_models_attention_after_start_step(tiny_unet, tiny_
             options = call["options"]
             rows = patch_mod.positive_rows(options["cond_or_uncond"], call["q"].shape[0])
             step = patch_mod.sampling_step(options)
-            maps = auto_routing.phrase_attention_maps(call["q"][rows], call["k"][rows], options["n_heads"], phrases)
+            selectors = auto_routing.phrase_selectors(phrases, call["k"].shape[1], call["k"].device)
+            # the patch gets the positive rows' text attention from the same softmax as the phrase maps
+            maps, text = auto_routing.phrase_attention_maps(call["q"][rows], call["k"][rows], options["n_heads"], selectors,
+                                                            call["v"][rows])
             mean, seen = history.update(step, maps)
             if seen < 3:
                 continue
             routed = auto_routing.pseudo_routes(mean, 0.5).amax(dim=1)[0] > 0
-            added = (call["out"] - plain_attention(call["q"], call["k"], call["v"], options))[rows].abs().amax(dim=(0, 2))
+            assert torch.allclose(text, plain_attention(call["q"], call["k"], call["v"], options)[rows], atol=1e-5)
+            added = (call["out"][rows] - text).abs().amax(dim=(0, 2))
             assert routed.any() and (~routed).any(), key
             assert added[~routed].max() == 0 and added[routed].min() > 0, key
+
+
+def test_auto_routing_over_another_packs_patch(tiny_unet, tiny_encoder, subjects, tiny_clip):
+    """With a foreign attn2 patch underneath, its output is the text branch and the phrase maps are computed apart."""
+    calls = []
+
+    def foreign(q, k, v, extra_options):
+        calls.append(1)
+        return plain_attention(q, k, v, extra_options)
+
+    base = tiny_unet.clone()
+    base.set_model_attn2_replace(foreign, "input", 4, 0)
+    model, routes = auto(base, tiny_encoder, subjects)
+    sample(model, tiny_clip, LATENT, steps=3, prompt=PROMPT)
+    assert len(calls) == 3 and routes.recorder.steps == [0, 1, 2]
+    assert routes.recorder.routes_at(2)[(8, 12)].shape == (2, 8, 12)
 
 
 def test_consecutive_runs_share_no_state(tiny_unet, tiny_encoder, subjects, tiny_clip):
@@ -198,7 +218,7 @@ def test_preview_shows_the_dynamic_routes_at_chosen_steps(tiny_unet, tiny_encode
 def test_feather_softens_routes_beyond_the_box(tiny_unet, tiny_encoder, subjects, tiny_clip):
     model, routes = apply(tiny_unet, tiny_encoder, subjects, feather=4.0)
     patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4, 0)]
-    soft, _ = patch.routings[0].box_routes(("input", 4, 0), 8, 12, torch.device("cpu"))
+    soft = patch.routings[0].box_routes(("input", 4, 0), 8, 12, torch.device("cpu")).routes
     exact = routing.box_routes(torch.tensor(BOXES), 8, 12)
     assert torch.equal(soft[exact > 0], exact[exact > 0])
     assert ((soft > 0) & (soft < 1)).any()

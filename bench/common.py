@@ -1,0 +1,207 @@
+"""Shared benchmark helpers: the in-process ComfyUI runtime, interleaved timing, Markdown tables.
+
+CPU timing on a shared machine is noisy, so every benchmark times its references and its
+variants *interleaved*, round after round (the order rotates each round), and reports the
+median of each variant's per-round ratio to the reference measured in the same round.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+PACK_ROOT = BENCH_DIR.parent
+TESTS_DIR = PACK_ROOT / "tests"
+RESULTS_MD = BENCH_DIR / "results.md"
+GOLDEN_MANIFEST_CANDIDATES = [
+    Path(p) for p in (os.environ.get("MSP_GOLDEN_DIR"), PACK_ROOT.parent / "shared" / "golden" / "msdiffusion",
+                      Path("/work/shared/golden/msdiffusion")) if p
+]
+
+
+def setup_runtime() -> None:
+    """ComfyUI in-process on CPU (before comfy.model_management), and the pack importable."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+    from comfy_runtime import import_comfy
+
+    import_comfy()
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    from msp_package import load_pack
+
+    load_pack()
+
+
+def pack(name: str):
+    from msp_package import pack as _pack
+
+    return _pack(name)
+
+
+def manifest_path() -> Path:
+    for folder in GOLDEN_MANIFEST_CANDIDATES:
+        path = folder / "ms_adapter_sdxl_manifest.json"
+        if path.exists():
+            return path
+    raise FileNotFoundError("ms_adapter_sdxl_manifest.json not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
+
+
+def load_manifest() -> dict:
+    return json.loads(manifest_path().read_text())
+
+
+@dataclass
+class Timings:
+    """Seconds per round for each variant, all measured in the same rounds."""
+
+    names: list[str]
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(r[name] for r in self.rounds)
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of time(name) / time(reference) in the same round."""
+        return statistics.median(r[name] / r[reference] for r in self.rounds)
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, inner: int = 1,
+                progress: str | None = None) -> Timings:
+    """Time every variant once per round (``inner`` calls averaged), rotating the order each round."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    timings = Timings(names)
+    for round_index in range(rounds):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        measured = {}
+        for name in order:
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(inner):
+                variants[name]()
+            measured[name] = (time.perf_counter() - start) / inner
+        timings.rounds.append(measured)
+        if progress:
+            print(f"  {progress}: round {round_index + 1}/{rounds}", file=sys.stderr, flush=True)
+    return timings
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    def cell(value: object) -> str:
+        return value if isinstance(value, str) else f"{value}"
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.3f}x"
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def cpu_summary() -> str:
+    import platform
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), fp32")
+
+
+def manifest_shapes(manifest: dict, prefix: str = ""):
+    """(dotted key, shape) of every tensor of the manifest, in file order."""
+    for key, node in manifest.items():
+        if isinstance(node, dict):
+            yield from manifest_shapes(node, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", node
+
+
+def write_real_size_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A random-weight ms_adapter.bin with the real file's keys and shapes, and its .safetensors twin.
+
+    Values ~ N(0, 1/fan_in) (norm weights 1), so activations stay O(1) as with trained weights.
+    Written once per folder; reused when both files already exist.
+    """
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bin_path, st_path = folder / "ms_adapter.bin", folder / "ms_adapter.safetensors"
+    if bin_path.exists() and st_path.exists():
+        return bin_path, st_path
+    generator = torch.Generator().manual_seed(seed)
+    nested: dict = {}
+    flat: dict = {}
+    for key, shape in manifest_shapes(load_manifest()):
+        if len(shape) >= 2:
+            tensor = torch.empty(shape).normal_(0.0, 1.0 / math.sqrt(math.prod(shape[1:])), generator=generator)
+        elif key.endswith("weight") and "norm" in key:
+            tensor = torch.ones(shape)
+        else:
+            tensor = torch.empty(shape).normal_(0.0, 0.02, generator=generator)
+        top, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(top, {})[rest] = tensor
+        else:
+            nested[top] = tensor
+        flat[key] = tensor
+    torch.save(nested, str(bin_path))
+    save_file(flat, str(st_path))
+    return bin_path, st_path
+
+
+def bench_data_dir() -> Path:
+    """Where the generated real-size random checkpoint lives between runs (git-ignored weights, outside the repo)."""
+    import tempfile
+
+    folder = Path(os.environ.get("MSP_BENCH_DATA", Path(tempfile.gettempdir()) / "msp_bench"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def emit(text: str, records, out: str | None, json_out: str | None) -> None:
+    """Print a section's Markdown, and write it (and its records) where run_all.py asked."""
+    print(text, flush=True)
+    if out:
+        Path(out).write_text(text)
+    if json_out:
+        Path(json_out).write_text(json.dumps(records, indent=1, default=str))
+
+
+def add_common_args(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="shorter configuration")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default depends on --quick)")
+    parser.add_argument("--out", help=argparse_suppress())
+    parser.add_argument("--json", help=argparse_suppress())
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
