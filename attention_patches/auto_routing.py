@@ -45,18 +45,18 @@ def phrase_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, selector
     qh = q.reshape(rows, num_pixels, heads, dim_head).transpose(1, 2)
     kh = k.reshape(rows, -1, heads, dim_head).transpose(1, 2)
     vh = v.reshape(rows, -1, heads, dim_head).transpose(1, 2) if v is not None else None
-    out = torch.empty_like(qh) if v is not None else None
-    maps = None
     heads_per_chunk = max(1, MAP_ELEMENTS_PER_CHUNK // max(1, rows * num_pixels * k.shape[1]))
+    maps, outs = None, []
     for h0 in range(0, heads, heads_per_chunk):
         h = slice(h0, h0 + heads_per_chunk)
         probs = (qh[:, h] @ kh[:, h].transpose(-1, -2)).float().mul_(dim_head**-0.5).softmax(dim=-1)  # [P, h, N, T]
-        if out is not None:
-            out[:, h] = probs.to(vh.dtype) @ vh[:, h]
+        if vh is not None:
+            outs.append(probs.to(vh.dtype) @ vh[:, h])
         chunk = (probs @ selectors).sum(dim=1).transpose(1, 2)
         maps = chunk if maps is None else maps.add_(chunk)
-    if out is not None:
-        out = out.transpose(1, 2).reshape(rows, num_pixels, channels)
+    out = None
+    if outs:
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).transpose(1, 2).reshape(rows, num_pixels, channels)
     return maps / heads, out
 
 

@@ -7,7 +7,8 @@ subject receive exactly zero.
 
 All pixels run in one fused attention (``scaled_dot_product_attention``) over every subject's
 tokens, under the additive mask of :class:`routing.RouteMask`: one kernel whatever the number
-of subjects and overlaps, no gather/scatter copies of the queries or outputs. Its cost is the
+of subjects and overlaps, no gather/scatter copies of the queries or outputs; uncovered
+pixels are zeroed by one multiply afterwards. Its cost is the
 lower bound of the image branch: one attention of the positive rows over all subject tokens.
 """
 
@@ -32,13 +33,8 @@ def routed_image_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     mask = routes.token_mask(tokens_per_subject, q.dtype, q.device)
     k = keys.reshape(1, -1, channels).to(q.dtype)
     v = values.reshape(1, -1, channels).to(q.dtype)
-    if mask.null_token:
-        # one copy for both: [keys, null key, values, null value]; only uncovered pixels see the
-        # null token, and its value is 0
-        null = q.new_zeros(1, 1, channels)
-        kv = torch.cat((k, null, v, null), dim=1)
-        k, v = kv.split(kv.shape[1] // 2, dim=1)
-    return fused_routed_attention(q, k, v, heads, mask)
+    out = fused_routed_attention(q, k, v, heads, mask)
+    return out.mul_(mask.coverage) if mask.coverage is not None else out
 
 
 def fused_routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: TokenMask) -> torch.Tensor:

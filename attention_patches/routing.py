@@ -41,19 +41,20 @@ def box_routes(boxes: torch.Tensor, height: int, width: int, feather: float = 0.
 class TokenMask:
     """What one fused attention over every subject's tokens needs to route every pixel at once.
 
-    The token axis is every subject's ``tokens_per_subject`` tokens, followed by one *null*
-    token (zero value) when some pixel is covered by no subject: that pixel attends only to
-    it, so its output is exactly zero without a separate pass. With feathered routes an
-    uncovered pixel attends to everything with probability weight 0 instead.
-
-    - ``bias``: [N, S*T (+1)] additive mask, 0 on the tokens of the pixel's subjects, -inf
-      elsewhere; None when every pixel attends to every subject's tokens.
-    - ``weights``: [N, S*T] float32 probability weights (feathered routes), else None.
+    - ``bias``: [N, S*T] additive mask, 0 on the tokens of the pixel's subjects, -inf
+      elsewhere; None when every pixel attends to every subject's tokens. A pixel covered by
+      no subject attends to every token (a row of -inf only would make its softmax NaN).
+    - ``coverage``: [N, 1] 1 on covered pixels, 0 elsewhere, multiplied into the output so
+      such pixels receive exactly zero; None when every pixel is covered. (Cheaper than a
+      zero-valued extra token: an odd token count slows the attention kernel more than one
+      multiply costs.)
+    - ``weights``: [N, S*T] float32 probability weights (feathered routes; they are 0 on
+      uncovered pixels already), else None.
     """
 
     bias: torch.Tensor | None
     weights: torch.Tensor | None
-    null_token: bool
+    coverage: torch.Tensor | None
 
 
 class RouteMask:
@@ -85,19 +86,16 @@ def _token_mask(routes: torch.Tensor, tokens_per_subject: int, dtype: torch.dtyp
     soft = bool((covered & (routes < 1)).any())
     pixel_covered = covered.any(dim=0)  # [N]
     if not soft and bool(covered.all()):
-        return TokenMask(None, None, False)  # every pixel attends to every token: no mask at all
-    null_token = not soft and not bool(pixel_covered.all())
-    tokens = num_subjects * tokens_per_subject
+        return TokenMask(None, None, None)  # every pixel attends to every token: no mask at all
+    coverage = None
+    if not soft and not bool(pixel_covered.all()):
+        coverage = pixel_covered.to(dtype)[:, None]
     zero = torch.zeros((), dtype=dtype, device=routes.device)
     blocked = torch.full((), float("-inf"), dtype=dtype, device=routes.device)
-    # feathered: an uncovered pixel may attend to everything, its probability weights are all 0
-    allowed = covered | ~pixel_covered if soft else covered
-    bias = torch.empty(num_pixels, tokens + int(null_token), dtype=dtype, device=routes.device)
-    bias[:, :tokens].view(num_pixels, num_subjects, tokens_per_subject).copy_(
-        torch.where(allowed.T, zero, blocked)[:, :, None].expand(-1, -1, tokens_per_subject))
-    if null_token:
-        bias[:, tokens] = torch.where(pixel_covered, blocked, zero)
+    allowed = covered | ~pixel_covered  # an uncovered pixel attends to everything, its output is then zeroed
+    bias = torch.where(allowed.T, zero, blocked)[:, :, None].expand(-1, -1, tokens_per_subject)
+    bias = bias.reshape(num_pixels, num_subjects * tokens_per_subject)
     weights = None
     if soft:
-        weights = routes.T.to(torch.float32)[:, :, None].expand(-1, -1, tokens_per_subject).reshape(num_pixels, tokens)
-    return TokenMask(bias, weights, null_token)
+        weights = routes.T.to(torch.float32)[:, :, None].expand(-1, -1, tokens_per_subject).reshape(num_pixels, -1)
+    return TokenMask(bias, weights, coverage)

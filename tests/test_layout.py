@@ -141,10 +141,11 @@ def test_route_masks_let_each_pixel_see_exactly_its_subjects_tokens():
     mask = routing.RouteMask(routes)
     assert mask.covering_sets() == {(0,), (1,), (0, 1), (0, 2), (1, 2), (0, 1, 2)}
     token_mask = mask.token_mask(4, torch.float32, torch.device("cpu"))
-    assert token_mask.null_token and token_mask.weights is None
-    allowed = token_mask.bias == 0  # [N, 3 * 4 + 1]
-    expected = (routes.T > 0).repeat_interleave(4, dim=1)
-    assert torch.equal(allowed[:, :12], expected)
-    assert torch.equal(allowed[:, 12], (routes.sum(0) == 0))  # only uncovered pixels see the zero-valued null token
+    assert token_mask.weights is None
+    uncovered = routes.sum(0) == 0
+    allowed = token_mask.bias == 0  # [N, 3 * 4]
+    expected = (routes.T > 0).repeat_interleave(4, dim=1) | uncovered[:, None]
+    assert torch.equal(allowed, expected)
+    assert torch.equal(token_mask.coverage[:, 0], (~uncovered).float())  # uncovered pixels' outputs are zeroed
     everywhere = routing.RouteMask(torch.ones(2, 6)).token_mask(4, torch.float32, torch.device("cpu"))
-    assert everywhere.bias is None and not everywhere.null_token
+    assert everywhere.bias is None and everywhere.coverage is None
