@@ -12,7 +12,6 @@ random keys/values), i.e. the object sampling calls at every attn2 block.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import Timings, add_common_args, emit, interleaved, markdown_table, ms, pack, ratio, setup_runtime  # noqa: E402
+from common import Timings, emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime  # noqa: E402
 
 TEXT_TOKENS = 77
 TEXT_WIDTH = 2048
@@ -216,17 +215,11 @@ def run(quick: bool = False, grids=None, counts=None, rounds=None) -> tuple[str,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    parser.add_argument("--grids", help="comma-separated grid indices into GRIDS, e.g. 0,1")
-    parser.add_argument("--subjects", help="comma-separated subject counts, e.g. 1,4")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = section_args(__doc__, argv, grids={"help": "comma-separated grid indices into GRIDS, e.g. 0,1"},
+                        subjects={"help": "comma-separated subject counts, e.g. 1,4"})
     grids = [GRIDS[int(i)] for i in args.grids.split(",")] if args.grids else None
     counts = [int(n) for n in args.subjects.split(",")] if args.subjects else None
-    text, records = run(args.quick, grids, counts, args.rounds)
-    emit(text, records, args.out, args.json)
+    emit(*run(args.quick, grids, counts, args.rounds), args)
     return 0
 
 

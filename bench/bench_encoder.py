@@ -21,8 +21,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_common_args, emit,
-    BENCH_DIR, bench_data_dir, interleaved, markdown_table, pack, rss_bytes, setup_runtime, write_real_size_checkpoint,
+    BENCH_DIR, bench_data_dir, emit, interleaved, markdown_table, pack, rss_bytes, section_args, setup_runtime,
+    write_real_size_checkpoint,
 )
 
 GB = 1e9
@@ -152,17 +152,11 @@ def run(quick: bool = False, rounds: int | None = None) -> tuple[str, dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    parser.add_argument("--rss", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = section_args(__doc__, argv, rss={"help": argparse.SUPPRESS})
     if args.rss:
         print(json.dumps(measure_rss(args.rss)))
         return 0
-    text, records = run(args.quick, args.rounds)
-    emit(text, records, args.out, args.json)
+    emit(*run(args.quick, args.rounds), args)
     return 0
 
 

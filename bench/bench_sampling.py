@@ -8,14 +8,13 @@ Reference node (tiny CLIP-Vision / CLIP), the patch from the real Apply node.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import add_common_args, bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, setup_runtime  # noqa: E402
+from common import bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime  # noqa: E402
 
 PROMPT = "a photo of a dog and a cat on a lawn"
 NEGATIVE = "blurry"
@@ -81,14 +80,8 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    parser.add_argument("--latent", type=int)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    text, records = run(args.quick, args.latent, args.rounds)
-    emit(text, records, args.out, args.json)
+    args = section_args(__doc__, argv, latent={"type": int})
+    emit(*run(args.quick, args.latent, args.rounds), args)
     return 0
 
 

@@ -10,7 +10,6 @@ with random CLIP-ViT-bigG features [1, 257, 1664] and phrase embeddings [768].
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import statistics
@@ -22,8 +21,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_common_args, emit,
-    bench_data_dir, interleaved, markdown_table, ms, pack, ratio, setup_runtime, write_real_size_checkpoint,
+    bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime,
+    write_real_size_checkpoint,
 )
 
 # comfy/model_detection.py (ComfyUI 0.3.75), unet_config_from_diffusers_unet: the SDXL entry (dtype set below).
@@ -253,14 +252,8 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    parser.add_argument("--latent", type=int, help="latent side (default 96 = 768 px; quick: 64)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    text, records = run(args.quick, args.latent, args.rounds)
-    emit(text, records, args.out, args.json)
+    args = section_args(__doc__, argv, latent={"type": int, "help": "latent side (default 96 = 768 px; quick: 64)"})
+    emit(*run(args.quick, args.latent, args.rounds), args)
     return 0
 
 

@@ -184,24 +184,30 @@ def bench_data_dir() -> Path:
     return folder
 
 
-def emit(text: str, records, out: str | None, json_out: str | None) -> None:
-    """Print a section's Markdown, and write it (and its records) where run_all.py asked."""
+def emit(text: str, records, args) -> None:
+    """Print a section's Markdown, and write it (and its records) where run_all.py asked (``--out``, ``--json``)."""
     print(text, flush=True)
-    if out:
-        Path(out).write_text(text)
-    if json_out:
-        Path(json_out).write_text(json.dumps(records, indent=1, default=str))
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1, default=str))
 
 
-def add_common_args(parser) -> None:
+def section_args(doc: str, argv=None, **extra: dict):
+    """Parse a section's command line: the options every section has, plus ``extra`` (name -> add_argument kwargs)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter configuration")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default depends on --quick)")
-    parser.add_argument("--out", help=argparse_suppress())
-    parser.add_argument("--json", help=argparse_suppress())
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    for name, options in extra.items():
+        parser.add_argument("--" + name, **options)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
 
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+        torch.set_num_threads(args.threads)
+    return args
