@@ -355,6 +355,63 @@ def test_presets_programmatic_values_errors_and_paste(browser):
     assert not severe_logs(driver, EXTENSION_FILE)
 
 
+MASK_REGIONS = """
+const [boxId, width, height, regions] = args;
+const graph = app.graph;
+const box = graph.getNodeById(boxId);
+const add = (type, pos, values) => {
+  const node = LiteGraph.createNode(type);
+  node.pos = pos;
+  graph.add(node);
+  for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value;
+  return node;
+};
+let mask = add('SolidMask', [-420, 0], {value: 0, width, height});
+regions.forEach(([x, y, w, h], i) => {
+  const region = add('SolidMask', [-420, 140 + 140 * i], {value: 1, width: w, height: h});
+  const composite = add('MaskComposite', [-210, 140 * i], {x, y, operation: 'add'});
+  mask.connect(0, composite, 0);
+  region.connect(0, composite, 1);
+  mask = composite;
+});
+mask.connect(0, box, box.findInputSlot('mask'));
+app.canvas.setDirty(true, true);
+"""
+
+
+def test_mask_regions_become_the_boxes_of_a_run(browser, comfy_server):
+    """A real MASK (core mask nodes) wired into the node: the backend boxes its regions, the canvas shows them."""
+    driver = browser
+    ids = js(driver, NEW_GRAPH, WIDTH, HEIGHT, False)
+    node = ids["box"]
+    canvas_rect(driver, node)
+    labelled = ('[{"x1": 0.1, "y1": 0.1, "x2": 0.3, "y2": 0.3, "label": "dog"},'
+                ' {"x1": 0.5, "y1": 0.5, "x2": 0.9, "y2": 0.9, "label": "cat"}]')
+    js(driver, EDITOR + "boxesWidget.value = args[1];", node, labelled)
+    regions = [(448, 64, 256, 192), (64, 128, 192, 256)]  # x, y, w, h in pixels; the right one first
+    js(driver, MASK_REGIONS, node, WIDTH, HEIGHT, regions)
+    known = set(history_entries(comfy_server))
+    js(driver, "await app.queuePrompt(0);")
+
+    def finished():
+        fresh = {k: v for k, v in history_entries(comfy_server).items() if k not in known}
+        return next((v for v in fresh.values() if v.get("status", {}).get("completed")), None)
+
+    entry = wait_for(finished, timeout=60, message="the queued prompt in /history")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    used = json.loads(entry["outputs"][str(ids["echo"])]["layout"][0])
+    # regions left to right, labels from the drawn boxes, coordinates as fractions of the mask
+    expected = [(64, 128, 192, 256, "dog"), (448, 64, 256, 192, "cat")]
+    assert [b["label"] for b in used] == [label for *_, label in expected]
+    for b, (x, y, w, h, _) in zip(used, expected):
+        for got, want in ((b["x1"], x / WIDTH), (b["y1"], y / HEIGHT), (b["x2"], (x + w) / WIDTH), (b["y2"], (y + h) / HEIGHT)):
+            assert got == pytest.approx(want, abs=1e-4)
+    state = wait_for(lambda: (d := debug(driver, node))["runBoxes"] and d, message="the run's boxes on the canvas")
+    assert state["runBoxes"] == used
+    assert state["value"] == labelled  # the drawn boxes (and their labels) are kept
+    assert not severe_logs(driver, EXTENSION_FILE)
+
+
 def _canvas_module_constants(driver):
     # the URL the frontend loaded the extension from (its /extensions list), so the import returns that same module
     return js(driver, """
