@@ -7,9 +7,9 @@ subject receive exactly zero.
 
 All pixels run in one fused attention (``scaled_dot_product_attention``) over every subject's
 tokens, under the additive mask of :class:`routing.RouteMask`: one kernel whatever the number
-of subjects and overlaps, no gather/scatter copies of the queries or outputs; uncovered
-pixels are zeroed by one multiply afterwards. Its cost is the
-lower bound of the image branch: one attention of the positive rows over all subject tokens.
+of subjects and overlaps, no gather/scatter copies of the queries or outputs; uncovered pixels
+are zeroed by one multiply afterwards. Its cost is close to the lower bound of the image
+branch: one attention of the positive rows over all subject tokens.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 def box_routes(boxes: torch.Tensor, height: int, width: int, feather: float = 0.0) -> torch.Tensor:
     """[S, height*width] routes of normalised x1,y1,x2,y2 boxes.
 
