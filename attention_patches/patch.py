@@ -200,13 +200,12 @@ class MultiSubjectAttention:
         run = extra_options.get(RUN_STATE_KEY)
         auto = [r for r in active if r.auto is not None] if run is not None else []
         q_pos, k_pos = q[rows], k[rows]
-        maps = {}
+        maps, text = {}, None
         if auto and self.base is None:
             # one softmax gives the positive rows' text attention and every subject's phrase maps
             selectors = torch.cat([r.selectors(k.shape[1], q.device) for r in auto], dim=1)
             all_maps, text = phrase_attention_maps(q_pos, k_pos, heads, selectors, v[rows])
             out = torch.empty_like(q)
-            out[rows] = text
             negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
             if negative is not None:
                 out[negative] = attention(q[negative], k[negative], v[negative])
@@ -220,10 +219,16 @@ class MultiSubjectAttention:
         for routing in active:
             part = routing.image_attention(self.key, q_pos, height, width, heads, run, step, maps.get(routing))
             image = part if image is None else image + part
-        if isinstance(rows, slice):
-            out[rows] += image.to(out.dtype)
+        image = image.to(out.dtype)
+        if text is not None:  # the positive rows are written once: text + image
+            if isinstance(rows, slice):
+                torch.add(text, image, out=out[rows])
+            else:
+                out.index_copy_(0, rows.to(out.device), image.add_(text))
+        elif isinstance(rows, slice):
+            out[rows] += image
         else:
-            out.index_add_(0, rows.to(out.device), image.to(out.dtype))
+            out.index_add_(0, rows.to(out.device), image)
         return out
 
 

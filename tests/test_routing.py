@@ -104,6 +104,25 @@ def test_split_positive_and_negative_calls_count_once(tiny_unet, tiny_encoder, s
     assert torch.allclose(split, batched, atol=1e-4)
 
 
+def test_auto_routing_fills_the_positive_rows_wherever_cond_or_uncond_puts_them(tiny_unet, tiny_encoder, subjects, tiny_clip):
+    model, _ = auto(tiny_unet, tiny_encoder, subjects)
+    spied = model.clone()
+    spy = AttentionSpy(spied)
+    sample(spied, tiny_clip, LATENT, steps=1, prompt=PROMPT)
+    call = spy.calls[0]
+    assert patch_mod.RUN_STATE_KEY in call["options"]  # the shared text-softmax path ran
+    patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][call["key"]]
+    order = call["options"]["cond_or_uncond"]
+    chunk = call["q"].shape[0] // len(order)
+    rows = {kind: slice(i * chunk, (i + 1) * chunk) for i, kind in enumerate(order)}
+    for arrangement in ([0, 1], [1, 0, 0], [0, 1, 0], [1]):  # [0, 1, 0]: positive rows not contiguous
+        q, k, v = (torch.cat([call[n][rows[kind]] for kind in arrangement]) for n in "qkv")
+        options = dict(call["options"], cond_or_uncond=arrangement, **{patch_mod.RUN_STATE_KEY: patch_mod.RunState()})
+        out = patch(q, k, v, options)
+        for i, kind in enumerate(arrangement):
+            assert torch.allclose(out[i * chunk:(i + 1) * chunk], call["out"][rows[kind]], atol=1e-5), arrangement
+
+
 def test_routes_switch_to_the_models_attention_after_start_step(tiny_unet, tiny_encoder, subjects, tiny_clip):
     model, routes = auto(tiny_unet, tiny_encoder, subjects, start_step=3)
     spied = model.clone()
