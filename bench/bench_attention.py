@@ -204,7 +204,8 @@ def run(quick: bool = False, grids=None, counts=None, rounds=None) -> tuple[str,
          "patched / plain", "patched / lower bound", "auto: patched / auto lower bound"], rows)
     text = (
         "### (a) One cross-attention call (CFG batch of 2, 77 text tokens)\n\n"
-        f"Median of {rounds} interleaved rounds ({inner} call(s) each); ratios are medians of per-round ratios. "
+        f"Median of {rounds} interleaved rounds, each variant timed as the best of {inner} back-to-back calls per round; "
+        "ratios are medians of per-round ratios. "
         "*plain* = ComfyUI's `optimized_attention(q, k, v)`; *lower bound* = plain + one SDPA of the positive row over all "
         "S*16 subject tokens; *auto lower bound* = lower bound + the positive row's text-attention probabilities "
         "softmax(q k^T / sqrt(d)), which auto routing must compute to get its phrase maps. Auto routing is measured past "
