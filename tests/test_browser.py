@@ -135,6 +135,21 @@ def history_entries(server):
     return server.get("/history")
 
 
+def queue_from_the_ui(driver, server) -> dict:
+    """Queue the graph as the Queue button does and wait for its successful /history entry."""
+    known = set(history_entries(server))
+    # (queuePrompt's boolean is not a success flag in frontend 1.32: an empty node_errors {} reads as "errors")
+    js(driver, "await app.queuePrompt(0);")
+
+    def finished():
+        fresh = {k: v for k, v in history_entries(server).items() if k not in known}
+        return next((v for v in fresh.values() if v.get("status", {}).get("completed")), None)
+
+    entry = wait_for(finished, timeout=60, message="the queued prompt in /history")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    return entry
+
+
 # ------------------------------------------------------------------ tests
 
 
@@ -236,16 +251,7 @@ def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server):
     assert prompt[str(node)]["class_type"] == "MSP_DrawLayoutBox"
     assert prompt[str(node)]["inputs"]["boxes"] == text
     assert "layout_canvas" not in prompt[str(node)]["inputs"]
-    known = set(history_entries(comfy_server))
-    # (queuePrompt's boolean is not a success flag in frontend 1.32: an empty node_errors {} reads as "errors")
-    js(driver, "await app.queuePrompt(0);")
-
-    def finished():
-        fresh = {k: v for k, v in history_entries(comfy_server).items() if k not in known}
-        return next((v for v in fresh.values() if v.get("status", {}).get("completed")), None)
-
-    entry = wait_for(finished, timeout=60, message="the queued prompt in /history")
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    entry = queue_from_the_ui(driver, comfy_server)
     echoed = entry["outputs"][str(ids["echo"])]
     assert json.loads(echoed["layout"][0]) == expected
     assert echoed["size"] == [[WIDTH, HEIGHT]]
@@ -390,15 +396,7 @@ def test_mask_regions_become_the_boxes_of_a_run(browser, comfy_server):
     js(driver, EDITOR + "boxesWidget.value = args[1];", node, labelled)
     regions = [(448, 64, 256, 192), (64, 128, 192, 256)]  # x, y, w, h in pixels; the right one first
     js(driver, MASK_REGIONS, node, WIDTH, HEIGHT, regions)
-    known = set(history_entries(comfy_server))
-    js(driver, "await app.queuePrompt(0);")
-
-    def finished():
-        fresh = {k: v for k, v in history_entries(comfy_server).items() if k not in known}
-        return next((v for v in fresh.values() if v.get("status", {}).get("completed")), None)
-
-    entry = wait_for(finished, timeout=60, message="the queued prompt in /history")
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    entry = queue_from_the_ui(driver, comfy_server)
     used = json.loads(entry["outputs"][str(ids["echo"])]["layout"][0])
     # regions left to right, labels from the drawn boxes, coordinates as fractions of the mask
     expected = [(64, 128, 192, 256, "dog"), (448, 64, 256, 192, "cat")]
