@@ -124,11 +124,11 @@ class SubjectRouting:
                         run: RunState | None, step: int, maps: torch.Tensor | None = None) -> torch.Tensor:
         """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``.
 
-        ``maps`` ([P, S, N] phrase maps of this call) drive auto routing.
+        ``maps`` ([P, S, N] phrase maps of this call, given with a sampling run's ``run`` state) drive auto routing.
         """
         keys, values = self.tokens(key, q.device, q.dtype)
         routes = self.box_routes(key, height, width, q.device)
-        if maps is not None and run is not None:
+        if maps is not None:
             mean_maps, steps_seen = run.history(self, key).update(step, maps)
             if steps_seen >= self.auto.start_step:
                 pseudo = pseudo_routes(mean_maps, self.auto.mask_threshold)
@@ -150,10 +150,6 @@ def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> s
     if chunks == list(range(chunks[0], chunks[-1] + 1)):
         return slice(chunks[0] * chunk, (chunks[-1] + 1) * chunk)
     return torch.tensor([row for i in chunks for row in range(i * chunk, (i + 1) * chunk)])
-
-
-def positive_rows(cond_or_uncond: list[int], batch: int) -> slice | torch.Tensor | None:
-    return chunk_rows(cond_or_uncond, batch, POSITIVE)
 
 
 class MultiSubjectAttention:
@@ -201,18 +197,19 @@ class MultiSubjectAttention:
         auto = [r for r in active if r.auto is not None] if run is not None else []
         q_pos, k_pos = q[rows], k[rows]
         maps, text = {}, None
-        if auto and self.base is None:
-            # one softmax gives the positive rows' text attention and every subject's phrase maps
+        if auto:
+            # one softmax gives every auto routing's phrase maps and, unless another pack's patch
+            # computes the text attention, the positive rows' text attention too
             selectors = torch.cat([r.selectors(k.shape[1], q.device) for r in auto], dim=1)
-            all_maps, text = phrase_attention_maps(q_pos, k_pos, heads, selectors, v[rows])
+            all_maps, text = phrase_attention_maps(q_pos, k_pos, heads, selectors, v[rows] if self.base is None else None)
+            maps = dict(zip(auto, all_maps.split([len(r.auto.phrase_tokens) for r in auto], dim=1)))
+        if text is not None:
             out = torch.empty_like(q)
             negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
             if negative is not None:
                 out[negative] = attention(q[negative], k[negative], v[negative])
-            maps = dict(zip(auto, all_maps.split([len(r.auto.phrase_tokens) for r in auto], dim=1)))
         else:
             out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
-            maps = {r: phrase_attention_maps(q_pos, k_pos, heads, r.selectors(k.shape[1], q.device))[0] for r in auto}
         height, width = extra_options["activations_shape"][-2:]
         step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
         image = None

@@ -56,7 +56,7 @@ def test_every_registered_key_fires_at_its_width_and_resolution(patched, tiny_cl
         assert (h, w) == (layer_map.latent_grid(LATENT[0], downscale), layer_map.latent_grid(LATENT[1], downscale))
         assert call["q"].shape[-1] == tiny_encoder.module.layer(index).hidden_size
         # the image branch ran: positive rows differ from plain text attention
-        rows = patch_mod.positive_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
+        rows = patch_mod.chunk_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
         plain = plain_attention(call["q"], call["k"], call["v"], call["options"])
         assert not torch.allclose(call["out"][rows], plain[rows])
 
@@ -109,7 +109,7 @@ def test_changing_one_subject_changes_output_only_inside_its_box(tiny_unet, tiny
     for call in spy.calls:
         key = call["key"]
         h, w = call["options"]["activations_shape"][-2:]
-        rows = patch_mod.positive_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
+        rows = patch_mod.chunk_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
         difference = (replay(attn2[key], call) - call["out"])[rows].abs().amax(dim=(0, 2))
         cat_box = routing.box_routes(boxes[1:], h, w)[0] > 0
         assert difference[~cat_box].max() == 0, key

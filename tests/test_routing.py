@@ -140,7 +140,7 @@ def test_routes_switch_to_the_models_attention_after_start_step(tiny_unet, tiny_
         history = auto_routing.PhraseMapHistory()
         for call in (c for c in spy.calls if c["key"] == key):
             options = call["options"]
-            rows = patch_mod.positive_rows(options["cond_or_uncond"], call["q"].shape[0])
+            rows = patch_mod.chunk_rows(options["cond_or_uncond"], call["q"].shape[0])
             step = patch_mod.sampling_step(options)
             selectors = auto_routing.phrase_selectors(phrases, call["k"].shape[1], call["k"].device)
             # the patch gets the positive rows' text attention from the same softmax as the phrase maps
@@ -245,7 +245,7 @@ def test_feather_softens_routes_beyond_the_box(tiny_unet, tiny_encoder, subjects
     spy = AttentionSpy(spied)
     sample(spied, tiny_clip, LATENT, steps=1)
     call = next(c for c in spy.calls if c["key"] == ("input", 4, 0))
-    rows = patch_mod.positive_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
+    rows = patch_mod.chunk_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])
     added = (call["out"] - plain_attention(call["q"], call["k"], call["v"], call["options"]))[rows].abs().amax(dim=(0, 2))
     ring = ((soft > 0) & (exact == 0)).any(dim=0)
     assert added[ring].min() > 0 and added[(soft == 0).all(dim=0)].max() == 0
