@@ -40,10 +40,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base  # noqa: E402
-from workflow_api import fetch_object_info, load_workflow, workflow_to_prompt  # noqa: E402
+from workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt  # noqa: E402
 
 WORKFLOW = ROOT / "example_workflows" / "two_subjects.json"
-ENCODER_EXTENSIONS = (".bin", ".safetensors")
+ENCODER_EXTENSIONS = (".bin", ".safetensors", ".pth", ".pt")  # as Load Subject Encoder lists them
 EXIT_MISSING = 2
 
 # loader node -> (its file widget, its models folder)
@@ -109,18 +109,17 @@ def workflow_files(workflow: dict) -> tuple[dict[str, tuple[str, str, str]], dic
     Returns the model files ``{node id: (loader, folder, file)}`` and the images the graph loads
     ``{label: file}``, labelled by the subject's phrase for references, else by the node's title.
     """
-    nodes = {node["id"]: node for node in workflow["nodes"] if node.get("mode", 0) == 0}
-    links = {link[0]: link for link in workflow["links"]}
+    nodes = {str(node["id"]): node for node in workflow["nodes"] if node.get("mode", 0) == 0}
     models = {}
     for node_id, node in nodes.items():
         if node["type"] in MODEL_LOADERS:
-            models[str(node_id)] = (node["type"], MODEL_LOADERS[node["type"]][1], node["widgets_values"][0])
+            models[node_id] = (node["type"], MODEL_LOADERS[node["type"]][1], node["widgets_values"][0])
     phrases = {}
     for node in nodes.values():
         if node["type"] == "MSP_EncodeReference":
             image_input = next(i for i in node["inputs"] if i["name"] == "image")
-            if image_input.get("link") in links:
-                phrases[links[image_input["link"]][1]] = node["widgets_values"][0]
+            if image_input.get("link") is not None:
+                phrases[link_origin(workflow, image_input["link"])] = node["widgets_values"][0]
     images = {}
     for node_id, node in nodes.items():
         if node["type"] == "LoadImage":
@@ -233,9 +232,8 @@ def describe_refusal(body: dict, prompt: dict) -> str:
     if error.get("message"):
         lines.append(f"  {error['message']}: {error.get('details', '')}".rstrip(": "))
     for node_id, entry in (body.get("node_errors") or {}).items():
-        title = prompt.get(node_id, {}).get("_meta", {}).get("title", entry.get("class_type"))
         for item in entry.get("errors", []):
-            lines.append(f"  node {node_id} ({title}): {item.get('message')}: {item.get('details', '')}")
+            lines.append(f"  {_title(prompt, node_id)}: {item.get('message')}: {item.get('details', '')}")
     return "\n".join(lines) or json.dumps(body)[:2000]
 
 
@@ -284,21 +282,21 @@ def save_outputs(server: EmbeddedComfyUI, history: dict, prompt: dict, output_di
     if status.get("status_str") != "success":
         raise DemoError(f"the run did not succeed: {json.dumps(status)[:2000]}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    suffixes = {"SaveImage": "", "MSP_RouterMaskPreview": "_routes"}
+    saving = {n: o["images"] for n, o in history.get("outputs", {}).items()
+              if prompt.get(n, {}).get("class_type") in suffixes and o.get("images")}
+    if not any(prompt[n]["class_type"] == "SaveImage" for n in saving):
+        raise DemoError("the run finished but saved no image")
+    kinds = [prompt[n]["class_type"] for n in saving]
     written = []
-    for node_id, outputs in history.get("outputs", {}).items():
-        kind = prompt.get(node_id, {}).get("class_type")
-        suffix = {"SaveImage": "", "MSP_RouterMaskPreview": "_routes"}.get(kind)
-        if suffix is None:
-            continue
-        images = outputs.get("images", [])
+    for node_id, images in saving.items():
+        kind = prompt[node_id]["class_type"]
+        name = stem + suffixes[kind] + (f"_node{node_id}" if kinds.count(kind) > 1 else "")
         for i, image in enumerate(images):
             query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
-            name = f"{stem}{suffix}{'' if len(images) == 1 else f'_{i + 1}'}.png"
-            path = output_dir / name
+            path = output_dir / f"{name}{'' if len(images) == 1 else f'_{i + 1}'}.png"
             path.write_bytes(server.read(f"/view?{query}"))
             written.append(path)
-    if not any(prompt[n]["class_type"] == "SaveImage" and o.get("images") for n, o in history.get("outputs", {}).items()):
-        raise DemoError("the run finished but saved no image")
     return written
 
 
@@ -325,7 +323,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"image size (default: the workflow's 1024 1024; {TINY_SIZE[0]} {TINY_SIZE[1]} with --tiny)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--comfyui", type=Path, default=COMFYUI, help="the ComfyUI to run (default: the embedded .runtime/ComfyUI)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take before the demo gives up")
     return parser.parse_args(argv)
 
 
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
     try:
         return run_demo(args)
-    except DemoError as e:
+    except (DemoError, WorkflowError) as e:
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:
@@ -355,7 +353,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.tiny:
         log.info(TINY_NOTICE)
     chosen_models, missing = ({}, []) if args.tiny else find_models(comfyui, models)
-    chosen_images, missing_images = resolve_images(comfyui, images, subject_phrases(workflow), given, args.tiny)
+    phrases = subject_phrases(workflow)
+    chosen_images, missing_images = resolve_images(comfyui, images, phrases, given, args.tiny)
     missing += missing_images
     if missing:
         log.error("cannot run the demo: %d file(s) missing (see README, Models):\n  %s", len(missing), "\n  ".join(missing))
@@ -366,14 +365,14 @@ def run_demo(args: argparse.Namespace) -> int:
         scratch = Path(scratch)
         base, tiny_files = prepare_tiny_base(scratch / "comfyui", comfyui, models) if args.tiny else (None, None)
         input_dir = (base or comfyui) / "input"
-        image_names = stage_images(chosen_images, images, input_dir, subject_phrases(workflow))
+        image_names = stage_images(chosen_images, images, input_dir, phrases)
         server = EmbeddedComfyUI(args.output_dir / "demo-server.log", base=base, port=args.port or None, comfyui=comfyui)
         try:
             log.info("starting ComfyUI on %s (server log: %s)", server.url, server.log_path)
             server.start(timeout=300)
             if tiny_files is not None:
                 tiny_files.wait()
-            prompt = workflow_to_prompt(workflow, fetch_object_info(server.url))
+            prompt = workflow_to_prompt(workflow, server.get("/object_info"))
             prepare_prompt(prompt, args, chosen_models, image_names)
             started = time.time()
             history = run_prompt(server, prompt, args.timeout)
@@ -433,16 +432,15 @@ def prepare_prompt(prompt: dict, args: argparse.Namespace, chosen_models: dict[s
             node["inputs"]["image"] = image_names[node["inputs"]["image"]]
     if args.tiny:
         use_tiny_stand_ins(prompt)
-    steps = args.steps
     size = args.size or (TINY_SIZE if args.tiny else None)
-    if steps:
-        set_steps(prompt, steps)
+    if args.steps:
+        set_steps(prompt, args.steps)
     if size:
         set_size(prompt, *size)
     sizes = [n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
-    steps = [n["inputs"].get("steps") for n in prompt.values() if n["class_type"] == "KSampler"]
+    sampler_steps = [n["inputs"].get("steps") for n in prompt.values() if n["class_type"] == "KSampler"]
     log.info("graph: %s, %d nodes, %s px, %s steps", args.workflow.name, len(prompt),
-             ", ".join(f"{s['width']}x{s['height']}" for s in sizes), ", ".join(str(s) for s in steps))
+             ", ".join(f"{s['width']}x{s['height']}" for s in sizes), ", ".join(str(s) for s in sampler_steps))
 
 
 if __name__ == "__main__":

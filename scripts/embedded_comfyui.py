@@ -68,8 +68,10 @@ def cuda_available() -> bool:
 
 class EmbeddedComfyUI:
     def __init__(self, log_path: Path, base: Path | None = None, port: int | None = None, comfyui: Path = COMFYUI,
-                 env: dict | None = None):
+                 env: dict | None = None, cpu: bool | None = None):
+        """``cpu``: run ComfyUI with ``--cpu`` (None: only when CUDA is not available)."""
         self.comfyui, self.base, self.log_path, self.env = comfyui, base, log_path, env
+        self.cpu = not cuda_available() if cpu is None else cpu
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -79,7 +81,7 @@ class EmbeddedComfyUI:
                    "--database-url", "sqlite:///:memory:"]
         if self.base is not None:
             command += ["--base-directory", str(self.base)]
-        if not cuda_available():
+        if self.cpu:
             command.append("--cpu")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log_file:
@@ -92,7 +94,7 @@ class EmbeddedComfyUI:
             try:
                 self.get("/system_stats")
                 return self
-            except (urllib.error.URLError, ConnectionError, OSError):
+            except OSError:  # not listening yet
                 time.sleep(0.3)
         raise ServerError(f"ComfyUI did not start within {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -131,10 +133,12 @@ class EmbeddedComfyUI:
         """Queue an API prompt and follow its websocket events until it is done; return its history entry.
 
         ``on_event(type, data)`` sees every JSON event of this prompt (progress, executing, errors).
+        A prompt that has not finished after ``timeout`` seconds raises ServerError.
         """
         import websocket
 
         client_id = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
         try:
             status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
@@ -142,7 +146,11 @@ class EmbeddedComfyUI:
                 raise PromptRefused(status, body)
             prompt_id = body["prompt_id"]
             while True:
-                message = ws.recv()
+                ws.settimeout(max(deadline - time.monotonic(), 0.01))
+                try:
+                    message = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    raise ServerError(f"the prompt did not finish within {timeout:.0f} s") from None
                 if not isinstance(message, str):
                     continue  # binary preview frames
                 event = json.loads(message)

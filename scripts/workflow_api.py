@@ -214,6 +214,13 @@ def _sort_key(node_id: str):
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
+def link_origin(workflow: dict, link_id: int) -> str | None:
+    """The id of the node a link really comes from, through reroutes and bypassed nodes (None: muted or dangling)."""
+    every_type = {node["type"]: {} for node in workflow.get("nodes", [])}
+    found = _Workflow(workflow, every_type).source(link_id, f"link {link_id}")
+    return found[1][0] if found is not None and found[0] == "link" else None
+
+
 def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
     """The API prompt ``{id: {class_type, inputs, _meta}}`` for a UI-format workflow."""
     return _Workflow(workflow, object_info).convert()

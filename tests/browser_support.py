@@ -5,10 +5,14 @@ Only helpers live here; the browser tests are in test_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
+
+import pytest
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER_CANDIDATES = ("/usr/bin/chromedriver",)
@@ -33,6 +37,23 @@ def find_browser() -> tuple[str, str] | None:
     chromium = next((p for p in CHROMIUM_CANDIDATES if Path(p).exists()), None) or shutil.which("chromium")
     driver = next((p for p in CHROMEDRIVER_CANDIDATES if Path(p).exists()), None) or shutil.which("chromedriver")
     return (chromium, driver) if chromium and driver else None
+
+
+# in CI a missing browser fails the tests (make test installs it); elsewhere they skip
+requires_browser = pytest.mark.skipif(find_browser() is None and os.environ.get("CI") != "true",
+                                      reason="chromium / chromedriver not installed (`make browser`)")
+
+
+@contextlib.contextmanager
+def browser_session(server, profile_dir: Path):
+    """A headless Chromium with the real frontend of ``server`` open (a context manager; the driver quits after)."""
+    prepare_frontend(server)
+    driver = make_driver(profile_dir)
+    try:
+        open_app(driver, server.url)
+        yield driver
+    finally:
+        driver.quit()
 
 
 def make_driver(profile_dir: Path):

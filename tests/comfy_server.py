@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from comfy_runtime import PACK_ROOT
+from comfy_runtime import COMFYUI_ROOT, PACK_ROOT
 
 sys.path.insert(0, str(PACK_ROOT / "scripts"))
 
@@ -15,9 +15,9 @@ from embedded_comfyui import EmbeddedComfyUI, PromptRefused, prepare_base  # noq
 __all__ = ["ComfyServer", "PromptRefused"]
 
 
-
 class ComfyServer(EmbeddedComfyUI):
     def __init__(self, base: Path, port: int | None = None, test_nodes: bool = True):
         # the tiny models' ops are too small to gain from threads; this avoids oversubscription
         env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        super().__init__(base / "server.log", base=prepare_base(base, test_nodes), port=port, env=env)
+        super().__init__(base / "server.log", base=prepare_base(base, test_nodes), port=port, comfyui=COMFYUI_ROOT,
+                         env=env, cpu=True)  # the same ComfyUI, on the same device, as the in-process tests

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.keys import Keys
 
-from browser_support import click_at, drag, find_browser, js, make_driver, open_app, prepare_frontend, severe_logs, wait_for
+from browser_support import browser_session, click_at, drag, js, open_app, requires_browser, severe_logs, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +23,13 @@ EXTENSION_FILE = "layout_box_canvas.js"
 WIDTH, HEIGHT = 768, 512
 GRID = 8
 
-pytestmark = pytest.mark.skipif(
-    find_browser() is None and os.environ.get("CI") != "true",
-    reason="chromium / chromedriver not installed (`make browser`)",
-)
+pytestmark = requires_browser
 
 
 @pytest.fixture(scope="module")
 def browser(comfy_server, tmp_path_factory):
-    prepare_frontend(comfy_server)
-    driver = make_driver(tmp_path_factory.mktemp("chromium-profile"))
-    try:
-        open_app(driver, comfy_server.url)
+    with browser_session(comfy_server, tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 # ------------------------------------------------------------------ page helpers

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,20 +27,16 @@ sys.path.insert(0, str(PACK_ROOT / "scripts"))
 
 import demo  # noqa: E402
 import workflow_api  # noqa: E402
-from workflow_api import WorkflowError, workflow_to_prompt  # noqa: E402
+from embedded_comfyui import PACK_LINK  # noqa: E402
+from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noqa: E402
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
 EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
-PACK_FOLDER = "comfyui-multisubject"  # the pack's folder name in the test server's custom_nodes
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def by_type(workflow: dict, node_type: str) -> list[dict]:
@@ -69,7 +62,7 @@ def examples_server(comfy_server, tiny):
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
     for path in EXAMPLES:
-        for node in by_type(load(path), "LoraLoader"):
+        for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
             if not target.exists():
                 tiny.save_tiny_lora(target)
@@ -131,8 +124,7 @@ def positive_text(prompt: dict, sampler_id: str) -> str:
 
 def view(server, image: dict) -> Image.Image:
     query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
-    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=30) as response:
-        return Image.open(io.BytesIO(response.read()))
+    return Image.open(io.BytesIO(server.read(f"/view?{query}")))
 
 
 # ------------------------------------------------------------------ the examples themselves
@@ -144,14 +136,14 @@ def test_the_examples_are_all_there_and_the_template_browser_lists_them(examples
     for name in EXPECTED:
         assert f"{name}.json" in readme, name
     listed = examples_server.get("/api/workflow_templates")
-    assert set(listed[PACK_FOLDER]) == EXPECTED
-    served = examples_server.get(f"/api/workflow_templates/{PACK_FOLDER}/two_subjects.json")
-    assert served == load(EXAMPLES_DIR / "two_subjects.json")
+    assert set(listed[PACK_LINK]) == EXPECTED
+    served = examples_server.get(f"/api/workflow_templates/{PACK_LINK}/two_subjects.json")
+    assert served == load_workflow(EXAMPLES_DIR / "two_subjects.json")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, object_info):
-    workflow = load(path)
+    workflow = load_workflow(path)
     assert workflow["version"] == 0.4
     nodes = {n["id"]: n for n in workflow["nodes"]}
     assert len(nodes) == len(workflow["nodes"]) and workflow["last_node_id"] >= max(nodes)
@@ -220,7 +212,7 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_contains_what_it_shows(path, object_info):
-    workflow = load(path)
+    workflow = load_workflow(path)
     for node_type, count in FEATURES[path.stem].items():
         assert len(by_type(workflow, node_type)) == count, (path.name, node_type)
     prompt = workflow_to_prompt(workflow, object_info)
@@ -248,7 +240,7 @@ def test_example_contains_what_it_shows(path, object_info):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_on_the_real_server(path, examples_server, object_info):
-    prompt = runnable_prompt(load(path), object_info)
+    prompt = runnable_prompt(load_workflow(path), object_info)
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
     outputs = history["outputs"]
@@ -264,7 +256,8 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
         images = outputs[node_id]["images"]
         assert images, f"{path.name}: Router Mask Preview showed nothing"
         sheet = view(examples_server, images[0])
-        assert sheet.width > 0 and sheet.height > 0
+        width, _ = pixel_size(prompt, prompt[node_id]["inputs"]["latent"])
+        assert sheet.width >= 2 * width  # the routes at (at least) both UNet resolutions, side by side
     if any(n["class_type"] == "LoraLoader" for n in prompt.values()):
         assert "lora key not loaded" not in examples_server.log()
     if path.stem == "auto_routing":
@@ -274,7 +267,7 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
 
 def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, object_info):
     """With auto routing the preview adds the per-step routes to the layout's box routes: a larger sheet."""
-    workflow = load(EXAMPLES_DIR / "auto_routing.json")
+    workflow = load_workflow(EXAMPLES_DIR / "auto_routing.json")
     sizes = {}
     for auto in (False, True):
         prompt = runnable_prompt(workflow, object_info)
@@ -300,7 +293,7 @@ def test_controlnet_and_lora_take_part_beside_the_subjects(name, node_type, stre
 
     pixels = []
     for off in (False, True):
-        prompt = runnable_prompt(load(EXAMPLES_DIR / f"{name}.json"), object_info)
+        prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / f"{name}.json"), object_info)
         if off:
             node = next(n for n in prompt.values() if n["class_type"] == node_type)
             node["inputs"].update({key: 0.0 for key in strengths})
@@ -330,7 +323,7 @@ def without_input(workflow: dict, node_type: str, input_name: str) -> dict:
 
 
 def test_a_removed_subjects_wire_is_a_node_error_and_the_server_keeps_serving(examples_server, object_info):
-    workflow = without_input(load(EXAMPLES_DIR / "two_subjects.json"), "MSP_ApplyMultiSubjectAttention", "subjects")
+    workflow = without_input(load_workflow(EXAMPLES_DIR / "two_subjects.json"), "MSP_ApplyMultiSubjectAttention", "subjects")
     prompt = runnable_prompt(workflow, object_info)
     apply_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
     assert "subjects" not in prompt[apply_id]["inputs"]
@@ -340,12 +333,12 @@ def test_a_removed_subjects_wire_is_a_node_error_and_the_server_keeps_serving(ex
     node_errors = error.value.body["node_errors"]
     assert node_errors[apply_id]["class_type"] == "MSP_ApplyMultiSubjectAttention"
     assert any(e["type"] == "required_input_missing" and "subjects" in json.dumps(e) for e in node_errors[apply_id]["errors"])
-    again = examples_server.run(runnable_prompt(load(EXAMPLES_DIR / "two_subjects.json"), object_info))
+    again = examples_server.run(runnable_prompt(load_workflow(EXAMPLES_DIR / "two_subjects.json"), object_info))
     assert again["status"]["status_str"] == "success"
 
 
 def test_a_box_count_mismatch_is_an_execution_error_naming_the_node(examples_server, object_info):
-    prompt = runnable_prompt(load(EXAMPLES_DIR / "three_subjects.json"), object_info)
+    prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / "three_subjects.json"), object_info)
     layout = next(n for n in prompt.values() if n["class_type"] == "MSP_DrawLayoutBox")
     layout["inputs"]["preset"] = "two subjects"  # 3 subjects, 2 boxes
     history = examples_server.run(prompt)
@@ -354,7 +347,7 @@ def test_a_box_count_mismatch_is_an_execution_error_naming_the_node(examples_ser
     assert error["node_type"] == "MSP_ApplyMultiSubjectAttention"
     assert "3 subject(s)" in error["exception_message"] and "2 box(es)" in error["exception_message"]
     assert examples_server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
-    again = examples_server.run(runnable_prompt(load(EXAMPLES_DIR / "three_subjects.json"), object_info))
+    again = examples_server.run(runnable_prompt(load_workflow(EXAMPLES_DIR / "three_subjects.json"), object_info))
     assert again["status"]["status_str"] == "success"
 
 
@@ -371,15 +364,11 @@ return {output: prompt.output, saved: window.app.graph.serialize(), missing};
 """
 
 
-@pytest.mark.skipif(browser_support.find_browser() is None and os.environ.get("CI") != "true",
-                    reason="chromium / chromedriver not installed (`make browser`)")
+@browser_support.requires_browser
 def test_the_real_frontend_loads_every_example_and_converts_it_as_the_converter_does(examples_server, object_info, tmp_path):
-    browser_support.prepare_frontend(examples_server)
-    driver = browser_support.make_driver(tmp_path / "profile")
-    try:
-        browser_support.open_app(driver, examples_server.url)
+    with browser_support.browser_session(examples_server, tmp_path / "profile") as driver:
         for path in EXAMPLES:
-            workflow = load(path)
+            workflow = load_workflow(path)
             result = browser_support.js(driver, LOAD_AND_CONVERT, workflow)
             assert result["missing"] == [], path.name
             ours = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in workflow_to_prompt(workflow, object_info).items()}
@@ -387,8 +376,6 @@ def test_the_real_frontend_loads_every_example_and_converts_it_as_the_converter_
             assert ours == theirs, path.name
             saved = {n["id"]: n.get("widgets_values") for n in result["saved"]["nodes"]}
             assert saved == {n["id"]: n["widgets_values"] for n in workflow["nodes"]}, f"{path.name}: the frontend changed widget values"
-    finally:
-        driver.quit()
 
 
 # ------------------------------------------------------------------ the converter on a hand-made workflow
@@ -475,6 +462,42 @@ def test_converter_accepts_the_short_and_named_widget_forms():
                                                         "enabled": True, "unknown": 3}, "n")
     assert full == short == named == {"seed": 1, "steps": 2, "text": "t", "mode": "a", "strength": 0.1, "enabled": True}
     assert workflow_api.map_widget_values(OBJECT_INFO["ImageLoader"], ["x.png", "rgb"], "n") == {"image": "x.png", "channel": "rgb"}
+
+
+def test_converter_fallback_for_values_that_fit_neither_form(caplog):
+    definition = OBJECT_INFO["Sampler"]
+    # values missing (an older node version): the control value is recognised, the rest is taken in order
+    older = workflow_api.map_widget_values(definition, [1, "fixed", 2, "t", "a"], "n")
+    assert older == {"seed": 1, "steps": 2, "text": "t", "mode": "a"}
+    assert "no stored value for strength, enabled" in caplog.text
+    # a value left over, no control value stored
+    newer = workflow_api.map_widget_values(definition, [1, 2, "t", "a", 0.1, True, "extra", 9], "n")
+    assert newer == {"seed": 1, "steps": 2, "text": "t", "mode": "a", "strength": 0.1, "enabled": True}
+    assert "2 widget value(s) left over" in caplog.text
+
+
+def test_links_stored_as_objects_and_link_origins_through_reroutes():
+    workflow = hand_made_workflow()
+    as_objects = dict(workflow, links=[{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3],
+                                        "target_slot": l[4], "type": l[5]} for l in workflow["links"]])
+    assert workflow_to_prompt(as_objects, OBJECT_INFO) == workflow_to_prompt(workflow, OBJECT_INFO)
+    assert workflow_api.link_origin(workflow, 3) == "1"  # link 3 leaves the bypassed node, fed through a reroute
+    assert workflow_api.link_origin(workflow, 4) is None  # a primitive's value, not a node
+
+
+def test_demo_labels_a_reference_by_its_phrase_through_a_reroute():
+    workflow = load_workflow(EXAMPLES_DIR / "two_subjects.json")
+    encode = next(n for n in workflow["nodes"] if n["type"] == "MSP_EncodeReference")
+    image_input = next(i for i in encode["inputs"] if i["name"] == "image")
+    link = next(l for l in workflow["links"] if l[0] == image_input["link"])
+    reroute_id, new_link = max(n["id"] for n in workflow["nodes"]) + 1, max(l[0] for l in workflow["links"]) + 1
+    workflow["nodes"].append({"id": reroute_id, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": link[0]}],
+                              "outputs": [{"name": "", "type": "IMAGE", "links": [new_link]}]})
+    workflow["links"].append([new_link, reroute_id, 0, link[3], link[4], "IMAGE"])
+    link[3], link[4] = reroute_id, 0
+    image_input["link"] = new_link
+    _, images = demo.workflow_files(workflow)
+    assert encode["widgets_values"][0] in images  # labelled 'dog'/'cat', so --subject PHRASE=PATH finds it
 
 
 def test_converter_errors_name_the_node():
