@@ -14,22 +14,21 @@ import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime  # noqa: E402
+from common import (  # noqa: E402
+    bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime,
+)
 
 PROMPT = "a photo of a dog and a cat on a lawn"
 NEGATIVE = "blurry"
-BOXES = [(0.0, 0.25, 0.5, 0.75), (0.5, 0.25, 1.0, 0.75)]
 
 
 def run(quick: bool = False, latent: int | None = None, rounds: int | None = None) -> tuple[str, list[dict]]:
     setup_runtime()
     import comfy.sample
-    from comfy_api.latest import io
 
     import tiny_models
-    from helpers import encode_subjects, encode_text, layout
+    from helpers import apply, encode_subjects, encode_text, layout
 
-    nodes = pack("nodes")
     latent = latent or 64
     steps, cfg = 10, 7.5
     rounds = rounds or (3 if quick else 5)
@@ -40,18 +39,12 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     encoder_path = tiny_models.save_subject_encoder(bench_data_dir() / "tiny" / "tiny_ms_adapter.safetensors")
     encoder = pack("attention_patches.subject_encoder").load_subject_encoder(encoder_path)
     subjects = encode_subjects(vision, clip, ["dog", "cat"])
-    boxes = layout(BOXES, ["dog", "cat"], width=latent * 8, height=latent * 8)
-    apply_node = nodes.ApplyMultiSubjectAttention.PREPARE_CLASS_CLONE({io.Hidden.prompt: {}, io.Hidden.unique_id: "1"})
-
-    def apply(**kwargs):
-        args = dict(model=model, subject_encoder=encoder, subjects=subjects, layout=boxes, scale=0.6, start_percent=0.0,
-                    end_percent=1.0, drop_grounding=False)
-        return apply_node.execute(**args, **kwargs).args[0]
-
+    boxes = layout(row_boxes(2), ["dog", "cat"], width=latent * 8, height=latent * 8)
     variants = {
         "unpatched": model,
-        "box, 2 subjects": apply(),
-        "auto, 2 subjects (start_step 5)": apply(auto_routing=True, prompt=PROMPT, start_step=5),
+        "box, 2 subjects": apply(model, encoder, subjects, boxes)[0],
+        "auto, 2 subjects (start_step 5)": apply(model, encoder, subjects, boxes, auto_routing=True, prompt=PROMPT,
+                                                 start_step=5)[0],
     }
     positive, negative = encode_text(clip, PROMPT), encode_text(clip, NEGATIVE)
     empty = torch.zeros(1, 4, latent, latent)

@@ -17,14 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 BENCH_DIR = Path(__file__).resolve().parent
 PACK_ROOT = BENCH_DIR.parent
 TESTS_DIR = PACK_ROOT / "tests"
 RESULTS_MD = BENCH_DIR / "results.md"
-GOLDEN_MANIFEST_CANDIDATES = [
-    Path(p) for p in (os.environ.get("MSP_GOLDEN_DIR"), PACK_ROOT.parent / "shared" / "golden" / "msdiffusion",
-                      Path("/work/shared/golden/msdiffusion")) if p
-]
+SCHEDULE = torch.linspace(14.6, 0.0, 31)  # sigmas of a 30-step run; a call at SCHEDULE[i] belongs to step i
+
+
+def row_boxes(count: int) -> list[tuple[float, float, float, float]]:
+    """Side by side / n in a row (one subject: MS-Diffusion's centred default box)."""
+    if count == 1:
+        return [(0.25, 0.25, 0.75, 0.75)]
+    return [(i / count, 0.25, (i + 1) / count, 0.75) for i in range(count)]
 
 
 def setup_runtime() -> None:
@@ -48,23 +54,20 @@ def pack(name: str):
     return _pack(name)
 
 
-def manifest_path() -> Path:
-    for folder in GOLDEN_MANIFEST_CANDIDATES:
-        path = folder / "ms_adapter_sdxl_manifest.json"
-        if path.exists():
-            return path
-    raise FileNotFoundError("ms_adapter_sdxl_manifest.json not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
-
-
 def load_manifest() -> dict:
-    return json.loads(manifest_path().read_text())
+    """The official ms_adapter.bin's keys and shapes, from the tests' golden folder."""
+    from comfy_runtime import golden_dir
+
+    folder = golden_dir()
+    if folder is None or not (folder / "ms_adapter_sdxl_manifest.json").exists():
+        raise FileNotFoundError("ms_adapter_sdxl_manifest.json not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
+    return json.loads((folder / "ms_adapter_sdxl_manifest.json").read_text())
 
 
 @dataclass
 class Timings:
     """Seconds per round for each variant, all measured in the same rounds."""
 
-    names: list[str]
     rounds: list[dict[str, float]] = field(default_factory=list)
 
     def median(self, name: str) -> float:
@@ -86,7 +89,7 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    timings = Timings(names)
+    timings = Timings()
     for round_index in range(rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         measured = {}
@@ -105,11 +108,8 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    def cell(value: object) -> str:
-        return value if isinstance(value, str) else f"{value}"
-
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -127,13 +127,12 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def cpu_summary() -> str:
+def cpu_summary(threads: int | None = None) -> str:
+    """The machine line of the results header (``threads``: what the sections were told to use)."""
     import platform
 
-    import torch
-
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), fp32")
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({threads or torch.get_num_threads()} threads), fp32")
 
 
 def manifest_shapes(manifest: dict, prefix: str = ""):
@@ -148,12 +147,12 @@ def manifest_shapes(manifest: dict, prefix: str = ""):
 def write_real_size_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """A random-weight ms_adapter.bin with the real file's keys and shapes, and its .safetensors twin.
 
-    Values ~ N(0, 1/fan_in) (norm weights 1), so activations stay O(1) as with trained weights.
+    Matrices ~ N(0, 1/fan_in), weights of keys containing "norm" 1, every other vector ~ N(0, 0.02) (also the
+    feed-forward LayerNorms' weights, whose keys are numbered), so activations stay O(1).
     Written once per folder; reused when both files already exist.
     """
     import math
 
-    import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,7 +161,6 @@ def write_real_size_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]
         return bin_path, st_path
     generator = torch.Generator().manual_seed(seed)
     nested: dict = {}
-    flat: dict = {}
     for key, shape in manifest_shapes(load_manifest()):
         if len(shape) >= 2:
             tensor = torch.empty(shape).normal_(0.0, 1.0 / math.sqrt(math.prod(shape[1:])), generator=generator)
@@ -175,9 +173,8 @@ def write_real_size_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]
             nested.setdefault(top, {})[rest] = tensor
         else:
             nested[top] = tensor
-        flat[key] = tensor
     torch.save(nested, str(bin_path))
-    save_file(flat, str(st_path))
+    save_file(pack("models.safe_load").flatten(nested), str(st_path))
     return bin_path, st_path
 
 
@@ -213,7 +210,5 @@ def section_args(doc: str, argv=None, **extra: dict):
         parser.add_argument("--" + name, **options)
     args = parser.parse_args(argv)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     return args
