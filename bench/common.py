@@ -60,7 +60,7 @@ def load_manifest() -> dict:
 
     folder = golden_dir()
     if folder is None or not (folder / "ms_adapter_sdxl_manifest.json").exists():
-        raise FileNotFoundError("ms_adapter_sdxl_manifest.json not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
+        raise FileNotFoundError("ms_adapter_sdxl_manifest.json not found (MSP_GOLDEN_ROOT/msdiffusion, default ../shared/golden)")
     return json.loads((folder / "ms_adapter_sdxl_manifest.json").read_text())
 
 

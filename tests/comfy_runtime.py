@@ -8,14 +8,18 @@ from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 COMFYUI_ROOT = Path(os.environ.get("MSP_COMFYUI_ROOT", PACK_ROOT / ".runtime" / "ComfyUI"))
-GOLDEN_CANDIDATES = [
-    Path(p) for p in (os.environ.get("MSP_GOLDEN_DIR"), PACK_ROOT.parent / "shared" / "golden" / "msdiffusion",
-                      Path("/work/shared/golden/msdiffusion")) if p
-]
+DEFAULT_GOLDEN_ROOT = PACK_ROOT.parent / "shared" / "golden"
 
 
-def golden_dir() -> Path | None:
-    return next((p for p in GOLDEN_CANDIDATES if (p / "cases.json").exists()), None)
+def golden_root() -> Path:
+    """The folder holding one golden set per kind (msdiffusion/, ssr_encoder/, ...): MSP_GOLDEN_ROOT or ../shared/golden."""
+    return Path(os.environ.get("MSP_GOLDEN_ROOT") or DEFAULT_GOLDEN_ROOT)
+
+
+def golden_dir(kind: str = "msdiffusion") -> Path | None:
+    """One kind's golden folder, or None when it has no cases.json."""
+    folder = golden_root() / kind
+    return folder if (folder / "cases.json").exists() else None
 
 
 def import_comfy() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_runtime import golden_dir, import_comfy  # noqa: E402
+from comfy_runtime import golden_dir, golden_root, import_comfy  # noqa: E402
 
 import_comfy()
 
@@ -24,26 +24,40 @@ from msp_package import load_pack, pack  # noqa: E402
 load_pack()
 
 
+class GoldenSet:
+    """One kind's official-module outputs: its folder, its cases.json and its tensor files."""
+
+    def __init__(self, folder: Path):
+        self.path = folder
+        self.cases = json.loads((folder / "cases.json").read_text())
+
+    def tensors(self, name: str) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path / f"{name}.safetensors"))
+
+
+def load_golden(kind: str) -> GoldenSet:
+    """The golden set of ``kind`` under the golden root; missing goldens fail in CI and skip elsewhere."""
+    folder = golden_dir(kind)
+    if folder is None:
+        where = f"{golden_root() / kind} (golden root from MSP_GOLDEN_ROOT, default ../shared/golden)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the {kind} goldens are missing: expected {where}")
+        pytest.skip(f"{kind} goldens not found: {where}")
+    return GoldenSet(folder)
+
+
+@pytest.fixture(scope="session")
+def golden_set():
+    """``golden_set("ssr_encoder")``: a kind's goldens (see load_golden)."""
+    return load_golden
+
+
 @pytest.fixture(scope="session")
 def golden():
-    """The official-module outputs; missing goldens fail in CI and skip elsewhere."""
-    from safetensors.torch import load_file
-
-    folder = golden_dir()
-    if folder is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the MS-Diffusion goldens are missing (expected ../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
-        pytest.skip("MS-Diffusion goldens not found (../shared/golden/msdiffusion or MSP_GOLDEN_DIR)")
-
-    class Golden:
-        path = folder
-        cases = json.loads((folder / "cases.json").read_text())
-
-        @staticmethod
-        def tensors(name: str) -> dict:
-            return load_file(str(folder / f"{name}.safetensors"))
-
-    return Golden
+    """The MS-Diffusion goldens."""
+    return load_golden("msdiffusion")
 
 
 @pytest.fixture(scope="session")

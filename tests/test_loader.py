@@ -38,6 +38,7 @@ def manifest_checkpoint(golden, tmp_path_factory):
     return folder, flat
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("file_name", ["ms_adapter.bin", "ms_adapter.safetensors"])
 def test_official_layout_loads_with_the_sdxl_config(manifest_checkpoint, file_name):
     folder, flat = manifest_checkpoint
@@ -55,6 +56,7 @@ def test_official_layout_loads_with_the_sdxl_config(manifest_checkpoint, file_na
     assert encoder.patcher.model is encoder.module
 
 
+@pytest.mark.golden
 def test_conversion_round_trips_and_halves_in_fp16(manifest_checkpoint, tmp_path):
     folder, flat = manifest_checkpoint
     full = convert.convert(folder / "ms_adapter.bin", tmp_path / "converted.safetensors")
