@@ -48,6 +48,18 @@ def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointErro
     return flatten(obj), {}
 
 
+def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) -> frozenset[str]:
+    """The flat tensor keys of ``path``, to recognise what a file is before loading it."""
+    path = Path(path)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return frozenset(f.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise error(f"{path.name} is truncated or not a valid .safetensors file ({e}). Download it again.") from e
+    return frozenset(read_tensors(path, error)[0])
+
+
 def flatten(obj: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     flat: dict[str, torch.Tensor] = {}
     for key, value in obj.items():

@@ -1,0 +1,119 @@
+"""The encoder-kind seam: what every kind of subject encoder gives the five nodes.
+
+A kind (MS-Diffusion on SDXL, SSR-Encoder on SD1.5, ...) recognises its checkpoint by its
+keys, loads it, encodes a reference, checks and patches a MODEL, and owns its layer map. The
+nodes and the generic glue (the attn2 chain, the per-run wrapper, routing, layouts, previews)
+only ever talk to this interface, so a new kind is a new folder plus one line in the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..auto_routing import AutoRouting
+
+
+class SubjectSetupError(ValueError):
+    """Inputs that cannot work together; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """Apply Multi-Subject Attention's inputs; a kind uses the ones that mean something to it."""
+
+    scale: float = 0.6
+    subject_scales: tuple[float, ...] | None = None
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    drop_grounding: bool = False
+    feather: float = 0.0
+    auto: AutoRouting | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """One subject as Encode Reference received it, before any kind has encoded it."""
+
+    phrase: str
+    pixels: torch.Tensor  # [V, H, W, 3] float32 in 0..1 on the CPU: the views of the subject
+    mask: torch.Tensor | None = None  # [V, H, W] float32 in 0..1, 1 = subject (a MASK, RGBA alpha or SAM), or None
+    clip_vision: Any = None
+    clip: Any = None
+    vae: Any = None
+    query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
+
+    @property
+    def query_text(self) -> str:
+        return self.query or self.phrase
+
+    @property
+    def tokenizer(self):
+        """The CLIP's tokenizer, to find the phrase in the prompt (auto routing, token positions)."""
+        return getattr(self.clip, "tokenizer", None)
+
+
+@dataclass(eq=False)
+class Subject:
+    """One entry of the MSP_SUBJECTS list: the reference and what each encoder made of it.
+
+    Encodings are memoised on the subject under the encoder's ``encoding_key``, so an Apply
+    that re-runs (a new scale, a new layout) does not encode the references again.
+    """
+
+    reference: Reference
+    encodings: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def phrase(self) -> str:
+        return self.reference.phrase
+
+    @property
+    def tokenizer(self):
+        return self.reference.tokenizer
+
+    def encoded(self, encoder: SubjectEncoder) -> Any:
+        key = encoder.encoding_key()
+        if key not in self.encodings:
+            self.encodings[key] = encoder.encode(self.reference)
+        return self.encodings[key]
+
+
+class SubjectEncoder(ABC):
+    """A loaded subject encoder of one kind: the MSP_SUBJECT_ENCODER socket's payload."""
+
+    kind: ClassVar[str]  # stable id, e.g. "ms_diffusion_sdxl"
+    title: ClassVar[str]  # for messages, e.g. "MS-Diffusion (SDXL)"
+    base_model: ClassVar[str]  # the base model family it patches, for messages: "SDXL", "SD1.5", "FLUX"
+    model_folders: ClassVar[tuple[str, ...]]  # folders under models/ it is loaded from; the first is the documented one
+    preview_downscales: ClassVar[tuple[int, ...]] = ()  # latent pixels per token of the layers whose routes are previewed
+
+    name: str  # the file the user picked, for messages
+    patcher: Any = None  # the ModelPatcher that owns the weights (ComfyUI's memory manager loads it)
+
+    @classmethod
+    @abstractmethod
+    def recognises(cls, keys: Collection[str]) -> bool:
+        """True if a checkpoint with these tensor keys is (one file of) this kind's."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> SubjectEncoder:
+        """Load the checkpoint at ``path`` (and any partner file it needs from the same folder)."""
+
+    def encoding_key(self) -> Hashable:
+        """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights."""
+        return self.kind
+
+    @abstractmethod
+    def encode(self, reference: Reference) -> Any:
+        """The kind's encoding of one subject (features, tokens...); raise SubjectSetupError naming the fix."""
+
+    @abstractmethod
+    def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):
+        """A patched clone of ``model`` (never ``model`` itself); ``layout`` may be None where the kind allows it."""
