@@ -39,8 +39,12 @@ def _words(tokenizer, tokens: list[tuple[int, int, int]]) -> list[str]:
     return list(dict.fromkeys(w for w in words if w and not all(c in punctuation for c in w)))
 
 
-def locate_phrases(tokenizer, prompt: str, phrases: list[str]) -> tuple[tuple[int, ...], ...]:
-    """Context positions of each phrase's tokens, or a :class:`PhraseNotFoundError` naming what the prompt has."""
+def locate_phrases(tokenizer, prompt: str, phrases: list[str],
+                   why: str = "auto routing follows the model's attention to that phrase") -> tuple[tuple[int, ...], ...]:
+    """Context positions of each phrase's tokens, or a :class:`PhraseNotFoundError` naming what the prompt has.
+
+    ``why`` says in the error what the phrase is needed for.
+    """
     tokens = prompt_tokens(tokenizer, prompt)
     ids = [token for _pos, token, _word in tokens]
     seen: dict[str, int] = defaultdict(int)
@@ -54,8 +58,8 @@ def locate_phrases(tokenizer, prompt: str, phrases: list[str]) -> tuple[tuple[in
             found = ", ".join(f"'{w}'" for w in _words(tokenizer, tokens)) or "nothing"
             times = "" if not starts else f" {occurrence + 1} times (once per subject with that phrase)"
             raise PhraseNotFoundError(
-                f"subject {number}'s phrase '{phrase}' is not in the prompt{times}; auto routing follows the "
-                f"model's attention to that phrase. Words in the prompt: {found}. Put the phrase in the prompt or "
+                f"subject {number}'s phrase '{phrase}' is not in the prompt{times}; {why}. "
+                f"Words in the prompt: {found}. Put the phrase in the prompt or "
                 "change the subject's phrase in Encode Reference."
             )
         start = starts[occurrence]

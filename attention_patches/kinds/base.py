@@ -34,6 +34,7 @@ class ApplySettings:
     drop_grounding: bool = False
     feather: float = 0.0
     auto: AutoRouting | None = None
+    prompt: str = ""  # the positive prompt text (auto routing, token positions)
 
 
 @dataclass(frozen=True, eq=False)

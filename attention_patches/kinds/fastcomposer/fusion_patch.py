@@ -1,0 +1,195 @@
+"""FastComposer at sampling time: the fused embedding replaces the text embedding at each person's token.
+
+Per model call, a DIFFUSION_MODEL wrapper fuses each person's token of the positive rows'
+context (the text vector there is the prompt's own, so fusion happens at run time, once per
+call, not once per layer), from the switch noise level on. Negative rows are never touched.
+
+- No layout: the fused vectors simply replace the context at those positions before the UNet
+  runs, exactly the official augmented conditioning (every layer, every other patch sees it).
+- With a layout (beyond the official code): the context stays text-only, and an attn2 patch on
+  every cross-attention lets each person's fused token act only inside that person's box: the
+  block's attention with the person's token swapped for the layer's own ``to_k``/``to_v`` of
+  the fused vector, blended in by the box route (overlaps share). A patch another pack put on
+  the same block is wrapped, never replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from ....models.fastcomposer.fusion import PostfuseModule
+from ...layer_map import AttnKey
+from ...patch import POSITIVE, chunk_rows
+from ...routing import box_routes
+
+log = logging.getLogger("comfyui_multisubject.fastcomposer")
+
+FUSED_KEY = "multisubject_fastcomposer_fused"  # transformer_options entry: {id(people): (row index, fused [P, S, C])}
+WRAPPER_KEY = "comfyui_multisubject_fastcomposer"
+
+
+def fuse_context(postfuse: PostfuseModule, context: torch.Tensor, positions: tuple[int, ...],
+                 embeddings: torch.Tensor) -> torch.Tensor:
+    """[B, S, C] fused vectors of ``context`` [B, T, C] at ``positions`` with ``embeddings`` [S, C] (fp32 math)."""
+    text = context[:, list(positions)].float()
+    objects = embeddings.to(context.device, torch.float32).expand(context.shape[0], -1, -1)
+    return postfuse.fuse(text, objects).to(context.dtype)
+
+
+def augmented_context(postfuse: PostfuseModule, context: torch.Tensor, positions: tuple[int, ...],
+                      embeddings: torch.Tensor) -> torch.Tensor:
+    """The official augmented conditioning: a copy of ``context`` with the fused vectors at ``positions``."""
+    out = context.clone()
+    out[:, list(positions)] = fuse_context(postfuse, context, positions, embeddings)
+    return out
+
+
+@dataclass(eq=False)
+class FusedPeople:
+    """The people of one Apply node, shared (never copied) by its wrapper, its patches and clones of the MODEL."""
+
+    postfuse: PostfuseModule  # fp32, on the CPU; copied once per device it runs on
+    embeddings: torch.Tensor  # [S, C] float32, one per person (views averaged)
+    positions: tuple[int, ...]  # context token of each person
+    sigma_range: tuple[float, float]  # (start, end): fused while end <= sigma <= start
+    boxes: torch.Tensor | None = None  # [S, 4] normalised x1, y1, x2, y2; None = no layout
+    feather: float = 0.0  # soft box edge, in latent pixels
+    _modules: dict = field(default_factory=dict, repr=False)
+    _routes: dict = field(default_factory=dict, repr=False)
+    _warned: bool = field(default=False, repr=False)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def is_active(self, sigmas: torch.Tensor | None) -> bool:
+        if sigmas is None:
+            return True
+        start, end = self.sigma_range
+        return end <= float(sigmas.max()) <= start
+
+    def fusion_on(self, device: torch.device) -> PostfuseModule:
+        if device not in self._modules:
+            self._modules[device] = self.postfuse if device == torch.device("cpu") else _copy_to(self.postfuse, device)
+        return self._modules[device]
+
+    def fits(self, context: torch.Tensor) -> bool:
+        if max(self.positions) < context.shape[1]:
+            return True
+        if not self._warned:
+            self._warned = True
+            log.warning("FastComposer: a person's token (position %d) is beyond this prompt's %d tokens; is Apply's prompt "
+                        "the positive prompt? Those people are not fused.", max(self.positions), context.shape[1])
+        return False
+
+    def fused(self, context: torch.Tensor) -> torch.Tensor:
+        """[P, S, C] fused vectors of these positive context rows."""
+        with torch.no_grad():
+            return fuse_context(self.fusion_on(context.device), context, self.positions, self.embeddings)
+
+    def box_weights(self, height: int, width: int, downscale: float, device: torch.device) -> torch.Tensor:
+        """[S, height*width, 1] how much of each person's fused attention each pixel takes (overlaps share)."""
+        key = (height, width, device)
+        if key not in self._routes:
+            routes = box_routes(self.boxes.to(device), height, width, self.feather / max(downscale, 1.0))
+            self._routes[key] = (routes / routes.sum(dim=0, keepdim=True).clamp(min=1.0)).unsqueeze(-1)
+        return self._routes[key]
+
+
+def _copy_to(module: PostfuseModule, device: torch.device) -> PostfuseModule:
+    copy = PostfuseModule(module.embed_dim)
+    copy.load_state_dict(module.state_dict())
+    return copy.to(device).eval().requires_grad_(False)
+
+
+class FusionWrapper:
+    """DIFFUSION_MODEL wrapper: fuse the positive rows' person tokens once per model call."""
+
+    def __init__(self, people: FusedPeople):
+        self.people = people
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        people = self.people
+        cond_or_uncond = transformer_options.get("cond_or_uncond", [POSITIVE])
+        rows = chunk_rows(cond_or_uncond, context.shape[0]) if context is not None else None
+        if rows is None or not people.is_active(transformer_options.get("sigmas")) or not people.fits(context):
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        index = torch.arange(context.shape[0], device=context.device)[rows]
+        fused = people.fused(context[index])
+        if people.boxes is None:
+            context = context.clone()
+            context[index[:, None], torch.tensor(people.positions, device=context.device)] = fused
+        else:
+            transformer_options = {**transformer_options,
+                                   FUSED_KEY: {**transformer_options.get(FUSED_KEY, {}), id(people): (index, fused)}}
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+class BoxedFusionAttention:
+    """attn2 replace patch: each person's fused token acts inside that person's box only."""
+
+    def __init__(self, key: AttnKey, attn2: torch.nn.Module, people: tuple[FusedPeople, ...], base: Callable | None = None):
+        self.key = key
+        self.attn2 = attn2  # the block's CrossAttention: its to_k/to_v project the fused vectors
+        self.people = people
+        self.base = base
+
+    def with_people(self, people: FusedPeople) -> BoxedFusionAttention:
+        return BoxedFusionAttention(self.key, self.attn2, self.people + (people,), self.base)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        if self.base is not None and hasattr(self.base, "to"):
+            base = self.base.to(device_or_dtype)
+            if base is not self.base:
+                return BoxedFusionAttention(self.key, self.attn2, self.people, base)
+        return self
+
+    def models(self) -> list:
+        return self.base.models() if self.base is not None and hasattr(self.base, "models") else []
+
+    def _attention(self, q, k, v, extra_options):
+        if self.base is not None:
+            return self.base(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                                                   transformer_options=extra_options)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        out = self._attention(q, k, v, extra_options)
+        fused_by_people = extra_options.get(FUSED_KEY, {})
+        active = [(p, fused_by_people[id(p)]) for p in self.people if id(p) in fused_by_people]
+        if not active:
+            return out
+        height, width = extra_options["activations_shape"][-2:]
+        original = extra_options.get("original_shape")
+        downscale = original[-2] / height if original is not None else 1.0
+        for people, (index, fused) in active:
+            fused_k, fused_v = self.attn2.to_k(fused.to(k.dtype)), self.attn2.to_v(fused.to(v.dtype))
+            weights = people.box_weights(height, width, downscale, q.device).to(out.dtype)
+            text = out[index]
+            blended = text.clone()
+            for s, position in enumerate(people.positions):
+                swapped = self._swapped(q, k, v, index, position, fused_k[:, s], fused_v[:, s], extra_options)
+                blended += weights[s] * (swapped - text)
+            out[index] = blended
+        return out
+
+    def _swapped(self, q, k, v, index, position, key, value, extra_options):
+        """The positive rows' attention with ``position`` holding the fused key/value."""
+        if self.base is None:  # only the positive rows need computing
+            k_s, v_s = k[index].clone(), v[index].clone()
+            k_s[:, position], v_s[:, position] = key, value
+            return self._attention(q[index], k_s, v_s, extra_options)
+        k_s, v_s = k.clone(), v.clone()  # another pack's patch sees the whole batch it expects
+        k_s[index, position], v_s[index, position] = key, value
+        return self._attention(q, k_s, v_s, extra_options)[index]

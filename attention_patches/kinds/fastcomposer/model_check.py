@@ -1,0 +1,54 @@
+"""Is the MODEL FastComposer's fine-tuned SD1.5 UNet? Another family is an error, a stock SD1.5 UNet a warning."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...layer_map import AttnKey
+from ..base import SubjectSetupError
+
+log = logging.getLogger("comfyui_multisubject.fastcomposer")
+
+UNET_ADVICE = ("load fastcomposer_unet.safetensors (written by scripts/convert_fastcomposer.py from the official "
+               "pytorch_model.bin) from models/diffusion_models with Load Diffusion Model")
+FINGERPRINT_TOLERANCE = 2e-3  # mean relative difference: fp16/bf16 storage passes, another fine-tune does not
+
+
+def check_model(model, encoder) -> None:
+    """SubjectSetupError for a MODEL FastComposer cannot condition; a warning for a UNet that is not its fine-tune."""
+    config = getattr(model.model, "model_config", None)
+    context_dim = (getattr(config, "unet_config", None) or {}).get("context_dim")
+    family = type(config).__name__ if config is not None else "unknown"
+    if context_dim != encoder.embed_dim or not cross_attention_blocks(model):
+        raise SubjectSetupError(
+            f"the subject encoder '{encoder.name}' is FastComposer for SD1.5 (cross-attention width {encoder.embed_dim}) but the "
+            f"MODEL is {family} (cross-attention width {context_dim}): {UNET_ADVICE}"
+        )
+    if encoder.unet_fingerprint is None:
+        return
+    weight = model.get_model_object("diffusion_model").input_blocks[0][0].weight
+    found = weight.detach().flatten()[: encoder.unet_fingerprint.numel()].float().cpu()
+    expected = encoder.unet_fingerprint
+    difference = ((found - expected).abs().mean() / expected.abs().mean().clamp(min=1e-12)).item()
+    if found.shape != expected.shape or difference > FINGERPRINT_TOLERANCE:
+        log.warning(
+            "FastComposer: the MODEL's UNet is not FastComposer's fine-tuned UNet (a stock SD1.5 or another fine-tune?); "
+            "faces lose their identity without it: %s. (A UNet stored in fp8 also triggers this warning.)", UNET_ADVICE,
+        )
+
+
+def cross_attention_blocks(model) -> dict[AttnKey, torch.nn.Module]:
+    """Every cross-attention (attn2) of the UNet under ComfyUI's patch keys ("input"/"middle"/"output", block, index)."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    blocks = {}
+    stages = [("input", i, b) for i, b in enumerate(getattr(diffusion_model, "input_blocks", []))]
+    stages += [("middle", 0, getattr(diffusion_model, "middle_block", []))]
+    stages += [("output", i, b) for i, b in enumerate(getattr(diffusion_model, "output_blocks", []))]
+    for name, number, stage in stages:
+        for module in stage:
+            for index, block in enumerate(getattr(module, "transformer_blocks", [])):
+                if getattr(block, "attn2", None) is not None:
+                    blocks[(name, number, index)] = block.attn2
+    return blocks
