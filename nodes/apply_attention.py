@@ -82,6 +82,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             drop_grounding=drop_grounding,
             feather=feather,
             auto=auto,
+            prompt=prompt,
         )
         try:
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)

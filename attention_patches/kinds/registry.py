@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
 from .base import SubjectEncoder
+from .fastcomposer import FastComposerEncoder
 from .ms_diffusion import MSDiffusionSDXL
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL,)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, FastComposerEncoder)
 
 
 class UnknownEncoderError(CheckpointError):
