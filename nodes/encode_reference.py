@@ -25,8 +25,8 @@ class EncodeReference(io.ComfyNode):
             "their order is the order of the layout boxes. Encoded by the subject encoder's kind (MS-Diffusion: "
             "CLIP-ViT-bigG + SDXL's CLIP-L), here when subject_encoder is connected, otherwise in Apply.",
             inputs=[
-                io.ClipVision.Input("clip_vision",
-                                    tooltip="MS-Diffusion: CLIP-ViT-bigG (clip_vision_g.safetensors); see README for other kinds"),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="MS-Diffusion: CLIP-ViT-bigG (clip_vision_g.safetensors); FastComposer brings its own (leave empty); see README"),
                 io.Clip.Input("clip", tooltip="the checkpoint's CLIP (MS-Diffusion: SDXL's; the phrase is encoded with its CLIP-L)"),
                 io.Image.Input("image", tooltip="the subject; a batch is several views of the same subject (averaged)"),
                 io.String.Input("phrase", default="", tooltip="the subject's noun as it appears in the prompt, e.g. 'dog'"),
@@ -59,7 +59,7 @@ class EncodeReference(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip_vision, clip, image, phrase: str, mask=None, subjects=None,
+    def execute(cls, clip, image, phrase: str, clip_vision=None, mask=None, subjects=None,
                 background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
                 query: str = "") -> io.NodeOutput:
         phrase = phrase.strip()

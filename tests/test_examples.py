@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import browser_support
+from tiny_sd15_fastcomposer import save_fastcomposer
 from comfy_runtime import PACK_ROOT
 from comfy_server import PromptRefused
 from msp_package import pack
@@ -32,9 +33,16 @@ from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noq
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
-EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing",
+            "fastcomposer_two_people"}
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
+KIND_EXAMPLES = {  # examples of other kinds: their models and their official sampler defaults (cfg, sampler, steps)
+    "fastcomposer_two_people": ({"CheckpointLoaderSimple": "v1-5-pruned-emaonly-fp16.safetensors",
+                                 "UNETLoader": "fastcomposer_unet.safetensors",
+                                 "MSP_LoadSubjectEncoder": "fastcomposer_encoder.safetensors"}, (5.0, "euler", 50)),
+}
+MS_DIFFUSION_DEFAULTS = (7.5, "euler", 30)
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
 
@@ -53,7 +61,7 @@ def examples_server(comfy_server, tiny):
     from PIL import ImageDraw
 
     inputs = comfy_server.base / "input"
-    for i, name in enumerate(("beach.png", "teddy_bear.png")):
+    for i, name in enumerate(("beach.png", "teddy_bear.png", "man.png", "woman.png")):
         pixels = np.random.default_rng(10 + i).integers(0, 255, (72, 96, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(inputs / name)
     edges = Image.new("RGB", (160, 160), "black")
@@ -61,6 +69,7 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
+    save_fastcomposer(comfy_server.base / "models" / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=tiny.tiny_sd15_model())
     for path in EXAMPLES:
         for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
@@ -168,16 +177,17 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    for node_type, name in REAL_MODELS.items():
+    models, (cfg, sampler, steps) = KIND_EXAMPLES.get(path.stem, (REAL_MODELS, MS_DIFFUSION_DEFAULTS))
+    for node_type, name in models.items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
     prompt = workflow_to_prompt(workflow, object_info)
     layout_mod = pack("attention_patches.layout")
     for node_id, node in prompt.items():
         inputs = node["inputs"]
         if node["class_type"] == "KSampler":
-            assert (inputs["cfg"], inputs["sampler_name"]) == (7.5, "euler")
+            assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler)
             if inputs["denoise"] == 1.0:
-                assert inputs["steps"] == 30
+                assert inputs["steps"] == steps
             text = positive_text(prompt, node_id)
         if node["class_type"] == "MSP_ApplyMultiSubjectAttention":
             apply = inputs
@@ -207,6 +217,7 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "lora": {"LoraLoader": 1},
     "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
     "auto_routing": {"MSP_RouterMaskPreview": 1},
+    "fastcomposer_two_people": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1, "UNETLoader": 1, "CLIPVisionLoader": 0},
 }
 
 
@@ -315,6 +326,23 @@ def test_controlnet_and_lora_take_part_beside_the_subjects(name, node_type, stre
         image = history["outputs"][save]["images"][0]
         pixels.append(np.asarray(Image.open(examples_server.base / "output" / image["subfolder"] / image["filename"]), dtype=np.int16))
     assert np.abs(pixels[0] - pixels[1]).mean() > 0.25  # same seed, same subjects: only the ControlNet / LoRA differs
+
+
+def test_fastcomposer_example_fuses_the_people(examples_server, object_info):
+    """The FastComposer example's people act: with no sampling step inside the fused window the image differs."""
+    import numpy as np
+
+    pixels = []
+    for end in (1.0, 0.3):  # 3 steps (timesteps 999, 500, 0): at end_percent 0.3 no call is in the fused window
+        prompt = shrink(demo.use_tiny_stand_ins(workflow_to_prompt(load_workflow(EXAMPLES_DIR / "fastcomposer_two_people.json"),
+                                                                   object_info)), steps=3)
+        next(n for n in prompt.values() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")["inputs"]["end_percent"] = end
+        history = examples_server.run(prompt)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
+        image = history["outputs"][save]["images"][0]
+        pixels.append(np.asarray(Image.open(examples_server.base / "output" / image["subfolder"] / image["filename"]), dtype=np.int16))
+    assert np.abs(pixels[0] - pixels[1]).max() > 0  # same seed on the CPU: without the people the image is bit-identical
 
 
 # ------------------------------------------------------------------ invalid graphs

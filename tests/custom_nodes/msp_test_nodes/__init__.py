@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
+from .fastcomposer_nodes import SD15_CHECKPOINTS, sd15_checkpoint  # noqa: E402
+
 CATEGORY = "multi_subject/testing"
 
 
@@ -40,7 +42,7 @@ class TinyCheckpointLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name):
-        return io.NodeOutput(*checkpoint())
+        return io.NodeOutput(*(sd15_checkpoint() if ckpt_name in SD15_CHECKPOINTS else checkpoint()))
 
 
 class TinySD15Loader(io.ComfyNode):
