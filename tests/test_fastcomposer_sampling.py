@@ -311,3 +311,42 @@ def test_stock_unet_is_warned_about(unet, encoder_path, tmp_path, people, caplog
     with caplog.at_level(logging.WARNING, logger="comfyui_multisubject.fastcomposer"):
         apply(unet, other, people)
     assert "not FastComposer's fine-tuned UNet" in caplog.text and "Load Diffusion Model" in caplog.text
+
+
+def sample_with(model, positive, negative, latent, denoise=1.0, seed=4, steps=4):
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, CFG, "euler", "normal", positive, negative, latent, denoise=denoise,
+                               seed=seed, disable_pbar=True)
+
+
+def test_hires_pass_controlnet_and_weight_patches_take_part(unet, clip, encoder, people):
+    """A hires second pass on the patched MODEL, a ControlNet on the prompt and a LoRA-style weight patch on the
+    patched MODEL all change the result beside the people (and the people still change it under them)."""
+    import nodes as comfy_nodes
+    from tiny_sd15_fastcomposer import tiny_sd15_controlnet
+
+    patched, _ = apply(unet, encoder, people, layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128),
+                       start_percent=0.3)
+    positive, negative = encode_text(clip, PROMPT, 128, 128), encode_text(clip, "blurry", 128, 128)
+    first = sample_with(patched, positive, negative, torch.zeros(LATENT))
+    upscaled = torch.nn.functional.interpolate(first, scale_factor=1.5, mode="nearest")
+    hires = sample_with(patched, positive, negative, upscaled, denoise=0.5)
+    assert hires.shape[-1] == 24 and not torch.allclose(hires, sample_with(unet, positive, negative, upscaled, denoise=0.5))
+
+    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(5))
+    controlled = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, tiny_sd15_controlnet(), hint,
+                                                                        1.0, 0.0, 1.0)
+    with_control = sample_with(patched, controlled[0], controlled[1], torch.zeros(LATENT))
+    assert not torch.allclose(with_control, first)
+    assert not torch.allclose(with_control, sample_with(unet, controlled[0], controlled[1], torch.zeros(LATENT)))
+
+    generator = torch.Generator().manual_seed(6)
+    weights = {f"diffusion_model.{k}": v for k, v in unet.model.diffusion_model.state_dict().items() if k.endswith("attn2.to_k.weight")}
+    diffs = {k: (torch.randn(v.shape, generator=generator) * 0.05,) for k, v in weights.items()}
+    lora = patched.clone()
+    lora.add_patches(diffs, 1.0)
+    with_lora = sample_with(lora, positive, negative, torch.zeros(LATENT))
+    assert not torch.allclose(with_lora, first)
+    plain_lora = unet.clone()
+    plain_lora.add_patches(diffs, 1.0)
+    assert not torch.allclose(with_lora, sample_with(plain_lora, positive, negative, torch.zeros(LATENT)))

@@ -57,3 +57,16 @@ def save_fastcomposer(path: str | Path, seed: int = 12, unet=None) -> Path:
     metadata = {"format": loader.FORMAT_TAG, "vision_heads": str(VISION["num_attention_heads"])}
     save_file(tiny_fastcomposer_state_dict(seed, unet), str(path), metadata=metadata)
     return path
+
+
+def tiny_sd15_controlnet(seed: int = 13):
+    """ComfyUI's real ControlNet architecture for the tiny SD1.5 UNet (3-channel hint), as ControlNetLoader returns it."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+
+    config = {k: v for k, v in SD15_UNET_CONFIG.items() if k != "out_channels"}
+    config.update(num_heads=8, num_head_channels=-1)  # SD15's unet_extra_config
+    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device=mm.unet_offload_device())
+    control_model = fill_seeded(comfy.cldm.cldm.ControlNet(**config), seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
