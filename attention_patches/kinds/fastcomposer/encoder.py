@@ -32,6 +32,9 @@ class FastComposerEncoder(SubjectEncoder):
     title = "FastComposer (SD1.5)"
     base_model = "SD1.5"
     model_folders = ("fastcomposer",)
+    where_to_get = ("pytorch_model.bin from Hugging Face mit-han-lab/fastcomposer, split once with scripts/convert_fastcomposer.py "
+                    "into fastcomposer_encoder.safetensors (models/fastcomposer) and fastcomposer_unet.safetensors "
+                    "(models/diffusion_models, Load Diffusion Model)")
     preview_downscales = (1, 2, 4)  # SD1.5's cross-attention grids: latent / 1, 2 and 4
 
     def __init__(self, name: str, weights: FastComposerWeights, object_resolution: int = OBJECT_RESOLUTION):
