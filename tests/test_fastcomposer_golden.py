@@ -83,6 +83,18 @@ def test_reference_preprocessing(image_case):
         assert_close(vision, tensors[f"res{name}.vision_input"], f"res{name}.vision_input")
 
 
+def test_segment_background_replacement(image_case):
+    """Training's cut-out (background from another image inside the subject's bbox), through the pack's masking."""
+    tensors, _, spec = image_case
+    segment = spec["segment"]
+    keep = tensors["segment.in.segmap"] == segment["id"]
+    replaced = preprocess.replace_background(tensors["segment.in.image"], keep[None], tensors["segment.in.background"])
+    x1, y1, x2, y2 = tensors["segment.in.bbox"].tolist()
+    cropped = replaced[:, y1:y2, x1:x2]
+    assert list(cropped.shape) == segment["out_shape"]
+    assert torch.equal(cropped, tensors["segment.out"])
+
+
 def test_image_encoder_embeddings(image_case):
     """Pooled output and object embedding of every reference, through the encoder's own preprocessing."""
     tensors, weights, spec = image_case

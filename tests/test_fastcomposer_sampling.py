@@ -350,3 +350,14 @@ def test_hires_pass_controlnet_and_weight_patches_take_part(unet, clip, encoder,
     plain_lora = unet.clone()
     plain_lora.add_patches(diffs, 1.0)
     assert not torch.allclose(with_lora, sample_with(plain_lora, positive, negative, torch.zeros(LATENT)))
+
+
+def test_a_mask_blacks_out_the_background(encoder, clip):
+    image = reference_image(30, size=(40, 32))
+    mask = torch.zeros(1, 40, 32)
+    mask[:, 8:32, 6:26] = 1.0
+    subjects = nodes.EncodeReference.execute(clip=clip, image=image, phrase="man", mask=mask, subject_encoder=encoder).args[0]
+    blacked = image.clone()
+    blacked[mask[..., None].expand_as(image) < 0.5] = 0.0
+    assert torch.allclose(subjects[0].encoded(encoder), encoder.object_embeddings(blacked)[0], atol=1e-6)
+    assert not torch.allclose(subjects[0].encoded(encoder), encoder.object_embeddings(image)[0], atol=1e-4)

@@ -22,6 +22,14 @@ def to_uint8_chw(image: torch.Tensor) -> torch.Tensor:
     return (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(2, 0, 1).contiguous()
 
 
+def replace_background(image: torch.Tensor, keep: torch.Tensor, background: torch.Tensor | float = 0) -> torch.Tensor:
+    """``image`` where ``keep`` is true, ``background`` elsewhere (training's ``SegmentProcessor`` used random noise).
+
+    ``image`` [..., C, H, W] or [..., H, W, C] with ``keep`` broadcastable to it.
+    """
+    return torch.where(keep, image, torch.as_tensor(background, dtype=image.dtype, device=image.device))
+
+
 def pad_to_square(image: torch.Tensor) -> torch.Tensor:
     """[C, H, W] padded with zeros on the short axis, (long - short) // 2 on each side."""
     _, height, width = image.shape

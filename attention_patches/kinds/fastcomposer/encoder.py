@@ -16,7 +16,7 @@ import comfy.patcher_extension
 
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerWeights, is_fastcomposer, load_weights
-from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input
+from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
 from .model_check import check_model, cross_attention_blocks
@@ -79,8 +79,8 @@ class FastComposerEncoder(SubjectEncoder):
     def encode(self, reference: Reference) -> torch.Tensor:
         """One [D] embedding per person: the official embedding of each photo, averaged over the photos."""
         views = reference.pixels
-        if reference.mask is not None:  # the encoder was trained on faces cut out of their background
-            views = views * reference.mask.unsqueeze(-1).to(views.dtype)
+        if reference.mask is not None:  # the encoder was trained on faces cut out of their background: black it out
+            views = replace_background(views, reference.mask.unsqueeze(-1) >= 0.5)
         return self.object_embeddings(views).mean(dim=0).cpu()
 
     def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):
