@@ -108,7 +108,7 @@ def run(model, clip, sampler="euler", scheduler="normal", steps=STEPS, seed=0):
 
 def checked(model, encoder, people, start_percent, **kwargs):
     patched, _routes = apply(model, encoder, people, start_percent=start_percent, **kwargs)
-    positions = encoder._positions(people, PROMPT)
+    positions = encoder.token_positions(people, PROMPT)
     checker = CallChecker(encoder.postfuse, positions, torch.stack([s.encoded(encoder) for s in people]))
     patched = patched.clone()
     patched.set_model_unet_function_wrapper(checker)
@@ -156,7 +156,7 @@ def test_equals_the_official_conditioning_switch(unet, clip, encoder, people):
 
     start = 0.3
     patched, _ = apply(unet, encoder, people, start_percent=start)
-    positions = encoder._positions(people, PROMPT)
+    positions = encoder.token_positions(people, PROMPT)
     embeddings = torch.stack([s.encoded(encoder) for s in people])
     positive = encode_text(clip, PROMPT, 128, 128)
     augmented = [[fusion_patch.augmented_context(encoder.postfuse, positive[0][0], positions, embeddings), dict(positive[0][1])]]
@@ -361,3 +361,15 @@ def test_a_mask_blacks_out_the_background(encoder, clip):
     blacked[mask[..., None].expand_as(image) < 0.5] = 0.0
     assert torch.allclose(subjects[0].encoded(encoder), encoder.object_embeddings(blacked)[0], atol=1e-6)
     assert not torch.allclose(subjects[0].encoded(encoder), encoder.object_embeddings(image)[0], atol=1e-4)
+
+
+def test_inconsistent_image_encoder_is_a_named_error(unet, tmp_path):
+    from safetensors.torch import save_file
+    from tiny_sd15_fastcomposer import tiny_fastcomposer_state_dict
+
+    flat = tiny_fastcomposer_state_dict(unet=unet)
+    flat["image_encoder.vision_model.encoder.layers.1.mlp.fc2.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "broken.safetensors"
+    save_file(flat, str(path))
+    with pytest.raises(pack("models.fastcomposer.loader").FastComposerFormatError, match="broken.safetensors: the image encoder"):
+        registry.load_subject_encoder(path)

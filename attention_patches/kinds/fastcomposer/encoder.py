@@ -15,7 +15,7 @@ import comfy.ops
 import comfy.patcher_extension
 
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
-from ....models.fastcomposer.loader import FastComposerWeights, is_fastcomposer, load_weights
+from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
@@ -47,7 +47,10 @@ class FastComposerEncoder(SubjectEncoder):
         # ComfyUI's CLIP-vision dtype, but fp32 on a CPU (where half precision is slow and loses the goldens)
         dtype = torch.float32 if mm.is_device_cpu(load_device) else mm.text_encoder_dtype(load_device)
         self.image_encoder = comfy.clip_model.CLIPVisionModelProjection(weights.vision, dtype, offload_device, comfy.ops.manual_cast)
-        self.image_encoder.load_state_dict(weights.image_encoder, strict=True)
+        try:
+            self.image_encoder.load_state_dict(weights.image_encoder, strict=True)
+        except RuntimeError as e:
+            raise FastComposerFormatError(f"{name}: the image encoder 'image_encoder.*' is not a CLIP ViT ({e})") from e
         self.image_encoder.eval().requires_grad_(False)
         self.patcher = comfy.model_patcher.ModelPatcher(self.image_encoder, load_device=load_device, offload_device=offload_device)
 
@@ -95,7 +98,7 @@ class FastComposerEncoder(SubjectEncoder):
         people = FusedPeople(
             postfuse=self.postfuse,
             embeddings=torch.stack([subject.encoded(self) for subject in subjects]).float(),
-            positions=self._positions(subjects, settings.prompt),
+            positions=self.token_positions(subjects, settings.prompt),
             sigma_range=self._sigma_range(model, settings),
             boxes=layout.tensor() if layout is not None else None,
             feather=settings.feather,
@@ -115,7 +118,8 @@ class FastComposerEncoder(SubjectEncoder):
         return patched
 
     @staticmethod
-    def _positions(subjects: tuple[Subject, ...], prompt: str) -> tuple[int, ...]:
+    def token_positions(subjects: tuple[Subject, ...], prompt: str) -> tuple[int, ...]:
+        """The context token each person's fused embedding replaces (the last token of the person's phrase)."""
         if not prompt.strip():
             raise SubjectSetupError(
                 "FastComposer needs the positive prompt in Apply's 'prompt' input (the same text as the positive CLIP Text "
