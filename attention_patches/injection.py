@@ -155,3 +155,21 @@ def apply_subjects(
     if not patched.get_wrappers(sampler_wrappers, WRAPPER_KEY):
         patched.add_wrapper_with_key(sampler_wrappers, WRAPPER_KEY, sampler_sample_wrapper)
     return patched
+
+
+def register_routing(model: comfy.model_patcher.ModelPatcher, routing: SubjectRouting,
+                     keys: tuple[AttnKey, ...]) -> comfy.model_patcher.ModelPatcher:
+    """A clone of ``model`` with ``routing`` on the attn2 patches of ``keys`` (chained with what is there) and the run wrapper."""
+    patched = model.clone()
+    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    for key in keys:
+        current = existing.get(key, existing.get(key[:2]))
+        if isinstance(current, MultiSubjectAttention):
+            patch = current.with_routing(routing)
+        else:
+            patch = MultiSubjectAttention(key, (routing,), base=current)
+        patched.set_model_attn2_replace(patch, *key)
+    sampler_wrappers = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
+    if not patched.get_wrappers(sampler_wrappers, WRAPPER_KEY):
+        patched.add_wrapper_with_key(sampler_wrappers, WRAPPER_KEY, sampler_sample_wrapper)
+    return patched
