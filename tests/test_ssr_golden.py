@@ -141,8 +141,7 @@ def run_case(golden, name, case, official_multi_scale):
     key = ("input", 1, 0)
     project = lambda tokens, s: ssr.project_tokens(layers, {1: key}, tokens, s, case["scale"], torch.float32, torch.device("cpu"))  # noqa: E731
     bank = bank_mod.SubjectBank(project(raw, applied), project(negative, torch.ones(count)))
-    routing = patch_mod.SubjectRouting(bank=bank, bank_patcher=None, boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]] * count),
-                                       downscales={key: 1})
+    routing = patch_mod.SubjectRouting(bank=bank, bank_patcher=None, boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]] * count))
     attention = patch_mod.MultiSubjectAttention(key, (routing,))
     q = hidden_states @ weight("to_q.weight").T
     options = {"n_heads": case["heads"], "cond_or_uncond": [1, 0], "activations_shape": [2, case["hidden"], case["height"], case["width"]]}

@@ -132,7 +132,7 @@ def test_a_subject_changes_the_output_only_inside_its_box(unet, clip, vision, en
         options = call["options"]
         changed = patches[call["key"]](call["q"], call["k"], call["v"], options) - call["out"]
         h, w = options["activations_shape"][-2:]
-        inside = first_routing(first, call["key"]).box_routes(call["key"], h, w, torch.device("cpu")).routes[0] > 0
+        inside = first_routing(first, call["key"]).box_routes(h, w, options["original_shape"][-2], torch.device("cpu")).routes[0] > 0
         chunk = call["q"].shape[0] // len(options["cond_or_uncond"])
         for i, kind in enumerate(options["cond_or_uncond"]):
             rows = changed[i * chunk:(i + 1) * chunk]
@@ -154,7 +154,7 @@ def test_negative_rows_outside_every_box_are_plain_text_attention(unet, clip, en
     for call in calls:
         options = call["options"]
         h, w = options["activations_shape"][-2:]
-        inside = first_routing(patched, call["key"]).box_routes(call["key"], h, w, torch.device("cpu")).routes[0] > 0
+        inside = first_routing(patched, call["key"]).box_routes(h, w, options["original_shape"][-2], torch.device("cpu")).routes[0] > 0
         plain = plain_attention(call["q"], call["k"], call["v"], options)
         assert torch.equal(call["out"][:, ~inside], plain[:, ~inside])
         assert not torch.allclose(call["out"][:, inside], plain[:, inside])

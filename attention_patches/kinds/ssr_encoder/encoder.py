@@ -10,7 +10,6 @@ each subject attends only inside its box; without one, everywhere (the official 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,13 @@ import comfy.model_patcher
 
 from ....models.ssr_encoder.aligner import mask_query_bias
 from ....models.ssr_encoder.layers import SSRLayers
-from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_checkpoint, shown
+from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_checkpoint
 from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
-from ...injection import cross_attention_module, model_context_dim, register_routing, sigma_range
+from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
-from ...patch import SubjectRouting
-from ...subject_bank import SubjectBank
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
 from .encoding import clip_layer_features, patch_grid, query_embedding
 from .layer_map import SD15_DOWNSCALES, SD15_LAYERS
-
-log = logging.getLogger("comfyui_multisubject.kinds.ssr_encoder")
 
 DEFAULT_MASK_WEIGHT = 5.0  # the official generate_mask default (infer_mask.py uses 1 and says to tune it)
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
@@ -139,62 +134,24 @@ class SSREncoder(SubjectEncoder):
 
         return SSREncoding(align(query, features), align(empty, zero.expand(1 if bias is None else views, -1, -1)))
 
-    def check_model(self, model) -> None:
-        """Named errors for a MODEL this encoder does not fit (an SDXL one, a UNet of other widths)."""
-        token_dim = self.checkpoint.layers.token_dim
-        context_dim = model_context_dim(model)
-        if context_dim is not None and context_dim != token_dim:
-            raise SubjectSetupError(
-                f"the subject encoder '{shown(self.name)}' is {self.title}: it needs an SD1.5 MODEL (cross-attention width "
-                f"{token_dim}) but this MODEL's cross-attention width is {context_dim}"
-                f"{' (SDXL)' if context_dim == 2048 else ''}. Load an SD1.5 checkpoint (or an SD1.5 fine-tune)."
-            )
-        diffusion_model = model.get_model_object("diffusion_model")
-        for index, key in self.layer_keys.items():
-            width = self.checkpoint.layers.layer(index).hidden_size
-            attn = cross_attention_module(diffusion_model, key)
-            if attn is None or getattr(attn.to_q, "out_features", width) != width:
-                found = "no cross-attention there" if attn is None else f"width {attn.to_q.out_features}"
-                raise SubjectSetupError(
-                    f"the subject encoder '{shown(self.name)}' does not fit this MODEL: its layer {index} expects a "
-                    f"{width}-wide cross-attention at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use an SD1.5 checkpoint."
-                )
-
     def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):
-        self.check_model(model)
-        if not subjects:
-            raise SubjectSetupError("no subjects: connect at least one Encode Reference")
-        if layout is not None and len(layout.boxes) != len(subjects):
-            raise SubjectSetupError(
-                f"{len(subjects)} subject(s) but {len(layout.boxes)} box(es): draw exactly one box per subject, in the "
-                "order the Encode Reference nodes are chained (or disconnect the layout: every subject then acts everywhere)"
-            )
-        if settings.subject_scales is not None and len(settings.subject_scales) != len(subjects):
-            raise SubjectSetupError(
-                f"{len(settings.subject_scales)} per-subject scale(s) for {len(subjects)} subject(s): give one scale per "
-                "subject, or leave subject_scales empty"
-            )
+        layers, keys = self.checkpoint.layers, self.layer_keys
+        widths = {key: layers.layer(index).hidden_size for index, key in keys.items()}
+        check_cross_attention(model, self, widths, layers.token_dim)
+        check_subjects_fit_layout(subjects, layout, settings)
         encodings = [subject.encoded(self) for subject in subjects]
         self._loaded()
-        layers, keys = self.checkpoint.layers, self.layer_keys
-        dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
-        device = model.offload_device
+        dtype, device = compute_dtype(model), model.offload_device
+        count = len(subjects)
         tokens = torch.stack([e.tokens for e in encodings])
         negative = torch.stack([e.negative for e in encodings])
-        scales = token_scales(settings, len(subjects), self.official_multi_scale)
-        bank = SubjectBank(
+        scales = token_scales(settings, count, self.official_multi_scale)
+        boxes = layout.tensor() if layout is not None else torch.tensor([WHOLE_IMAGE] * count)
+        return route_subjects(
+            model,
             project_tokens(layers, keys, tokens, scales, settings.scale, dtype, device),
-            project_tokens(layers, keys, negative, torch.ones(len(subjects)), settings.scale, dtype, device),
+            boxes,
+            settings,
+            recorder,
+            negative=project_tokens(layers, keys, negative, torch.ones(count), settings.scale, dtype, device),
         )
-        boxes = layout.tensor() if layout is not None else torch.tensor([WHOLE_IMAGE] * len(subjects))
-        routing = SubjectRouting(
-            bank=bank,
-            bank_patcher=comfy.model_patcher.ModelPatcher(bank, load_device=model.load_device, offload_device=model.offload_device),
-            boxes=boxes,
-            downscales={layer.key: layer.downscale for layer in SD15_LAYERS.values()},
-            sigma_range=sigma_range(model, settings.start_percent, settings.end_percent),
-            feather=settings.feather,
-            auto=settings.auto,
-            recorder=recorder,
-        )
-        return register_routing(model, routing, tuple(keys.values()))
