@@ -19,8 +19,8 @@ from ....models.loader import SubjectEncoderFormatError, load_encoder
 from ....models.ms_diffusion import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
-from ...references import blank_background, encode_phrase, image_encoder_family
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
+from ...references import blank_background, image_encoder_family
+from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
 CHECKPOINT_PREFIXES = ("image_proj.", "ms_adapter.")
@@ -36,6 +36,27 @@ class EncodedSubject:
     @property
     def feature_dim(self) -> int:
         return self.image_features.shape[-1]
+
+
+def encode_phrase(clip, phrase: str) -> torch.Tensor:
+    """[D] pooled CLIP-L output of ``phrase``, unprojected, as the official pipeline's text_encoder."""
+    model = clip.cond_stage_model
+    clip_l = getattr(model, "clip_l", None)
+    if clip_l is None:
+        raise ValueError(
+            "this CLIP has no CLIP-L text encoder; connect the SDXL checkpoint's CLIP "
+            "(MS-Diffusion encodes each subject's phrase with SDXL's CLIP-L)"
+        )
+    tokens = clip.tokenize(phrase)
+    tokens = tokens.get("l", tokens) if isinstance(tokens, dict) else tokens
+    model.reset_clip_options()
+    model.set_clip_options({"projected_pooled": False})
+    try:
+        clip.load_model()
+        _, pooled = clip_l.encode_token_weights(tokens)[:2]
+    finally:
+        model.reset_clip_options()
+    return pooled[0].float()
 
 
 class MSDiffusionSDXL(SubjectEncoder):
@@ -99,29 +120,26 @@ class MSDiffusionSDXL(SubjectEncoder):
                                     "CLIP to Encode Reference's clip")
         pixels = reference.pixels if reference.mask is None else blank_background(reference.pixels, reference.mask)
         features = reference.clip_vision.encode_image(pixels, crop=False)["penultimate_hidden_states"]
-        return EncodedSubject(features.float().cpu(), encode_phrase(reference.clip, reference.phrase).cpu())
-
-    def check_encodings(self, subjects: tuple[Subject, ...], encoded: list[EncodedSubject]) -> None:
-        for number, (subject, features) in enumerate(zip(subjects, encoded), start=1):
-            if features.feature_dim != self.feature_dim:
-                raise SubjectSetupError(
-                    f"subject {number} ('{subject.phrase}') was encoded with {image_encoder_family(features.feature_dim)}; "
-                    f"this encoder needs {image_encoder_family(self.feature_dim)}. Load clip_vision_g.safetensors "
-                    "(CLIP-ViT-bigG) with Load CLIP Vision and feed it to Encode Reference."
-                )
-            if features.phrase_embedding.shape[-1] != self.phrase_dim:
-                raise SubjectSetupError(
-                    f"subject {number} ('{subject.phrase}'): its phrase embedding is {features.phrase_embedding.shape[-1]}-wide, "
-                    f"the encoder expects {self.phrase_dim} (SDXL's CLIP-L): connect the SDXL checkpoint's CLIP to Encode Reference"
-                )
+        if features.shape[-1] != self.feature_dim:
+            raise SubjectSetupError(
+                f"the reference was encoded with {image_encoder_family(features.shape[-1])}; this encoder needs "
+                f"{image_encoder_family(self.feature_dim)}. Load clip_vision_g.safetensors (CLIP-ViT-bigG) with Load CLIP "
+                "Vision and feed it to Encode Reference."
+            )
+        phrase = encode_phrase(reference.clip, reference.phrase)
+        if phrase.shape[-1] != self.phrase_dim:
+            raise SubjectSetupError(
+                f"the phrase embedding is {phrase.shape[-1]}-wide, the encoder expects {self.phrase_dim} (SDXL's CLIP-L): "
+                "connect the SDXL checkpoint's CLIP to Encode Reference"
+            )
+        return EncodedSubject(features.float().cpu(), phrase.cpu())
 
     def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):
         if layout is None:
             raise SubjectSetupError("MS-Diffusion places every subject in a box: connect a Draw Layout Box to 'layout'")
         check_cross_attention(model, self, self.attention_widths, self.cross_attention_dim)
         check_subjects_fit_layout(subjects, layout, settings)
-        encoded = [subject.encoded(self) for subject in subjects]
-        self.check_encodings(subjects, encoded)
+        encoded = encodings_of(self, subjects)
         boxes = layout.tensor()
         tokens = self.encode_subjects([e.image_features for e in encoded], torch.stack([e.phrase_embedding for e in encoded]),
                                       boxes, settings.drop_grounding)
