@@ -25,7 +25,7 @@ from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_che
 from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
+from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .encoding import clip_layer_features, patch_grid, query_embedding
 from .layer_map import SD15_DOWNSCALES, SD15_LAYERS
 
@@ -139,7 +139,7 @@ class SSREncoder(SubjectEncoder):
         widths = {key: layers.layer(index).hidden_size for index, key in keys.items()}
         check_cross_attention(model, self, widths, layers.token_dim)
         check_subjects_fit_layout(subjects, layout, settings)
-        encodings = [subject.encoded(self) for subject in subjects]
+        encodings = encodings_of(self, subjects)
         self._loaded()
         dtype, device = compute_dtype(model), model.offload_device
         count = len(subjects)
