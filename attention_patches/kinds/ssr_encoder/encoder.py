@@ -72,6 +72,9 @@ class SSREncoder(SubjectEncoder):
     title = "SSR-Encoder (SD1.5)"
     base_model = "SD1.5"
     model_folders = ("ssr_encoder", "ssr")
+    where_to_get = ("pytorch_model.bin + pytorch_model_1.bin from the official SSR-Encoder Google Drive folder (linked from "
+                    "github.com/Xiaojiu-z/SSR_Encoder), or ssr_aligner.safetensors + ssr_attentions.safetensors from "
+                    "Hugging Face logtd/ssr_encoder; both files side by side")
     preview_downscales = SD15_DOWNSCALES
 
     def __init__(self, name: str, checkpoint: SSRCheckpoint, patcher, mask_crop: bool = True, mask_antialias: bool = True,
