@@ -66,7 +66,7 @@ TINY_STAND_INS = {
     "CheckpointLoaderSimple": ("MSPTest_TinyCheckpointLoader", {}),
     "CLIPVisionLoader": ("MSPTest_TinyCLIPVisionLoader", {"variant": "bigG"}),
     "ControlNetLoader": ("MSPTest_TinyControlNetLoader", {}),
-    "UNETLoader": ("MSPTest_TinySD15Loader", {}),
+    "UNETLoader": ("MSPTest_TinyUNetLoader", {}),
 }
 TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
 TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for SDXL, CLIP-ViT-bigG and ms_adapter.bin "

@@ -33,16 +33,26 @@ from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noq
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
-EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing",
-            "fastcomposer_two_people"}
+SD15_EXAMPLES = {"ssr_two_subjects", "ssr_one_photo_two_subjects"}  # SSR-Encoder on SD1.5
+FASTCOMPOSER_EXAMPLES = {"fastcomposer_two_people"}  # FastComposer on SD1.5
+EXPECTED = ({"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+            | SD15_EXAMPLES | FASTCOMPOSER_EXAMPLES)
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
-KIND_EXAMPLES = {  # examples of other kinds: their models and their official sampler defaults (cfg, sampler, steps)
-    "fastcomposer_two_people": ({"CheckpointLoaderSimple": "v1-5-pruned-emaonly-fp16.safetensors",
-                                 "UNETLoader": "fastcomposer_unet.safetensors",
-                                 "MSP_LoadSubjectEncoder": "fastcomposer_encoder.safetensors"}, (5.0, "euler", 50)),
-}
-MS_DIFFUSION_DEFAULTS = (7.5, "euler", 30)
+SD15_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors", "CLIPVisionLoader": "clip-vit-large-patch14.safetensors",
+                    "MSP_LoadSubjectEncoder": "pytorch_model.bin"}
+FASTCOMPOSER_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors",
+                            "UNETLoader": "fastcomposer_unet.safetensors", "MSP_LoadSubjectEncoder": "fastcomposer_encoder.safetensors"}
+# the official defaults of each kind: (CFG, sampler, subject scale, steps); FastComposer has no scale (the widget's default)
+DEFAULTS = {"SDXL": (7.5, "euler", 0.6, 30), "SD1.5": (5.0, "euler", 0.65, 30), "FastComposer": (5.0, "euler", 0.6, 50)}
+
+
+def base_model(path) -> str:
+    return "SD1.5" if path.stem in SD15_EXAMPLES else "SDXL"
+
+
+def defaults_of(path) -> str:
+    return "FastComposer" if path.stem in FASTCOMPOSER_EXAMPLES else base_model(path)
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
 
@@ -61,7 +71,7 @@ def examples_server(comfy_server, tiny):
     from PIL import ImageDraw
 
     inputs = comfy_server.base / "input"
-    for i, name in enumerate(("beach.png", "teddy_bear.png", "man.png", "woman.png")):
+    for i, name in enumerate(("beach.png", "teddy_bear.png", "man_and_dog.png", "man.png", "woman.png")):
         pixels = np.random.default_rng(10 + i).integers(0, 255, (72, 96, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(inputs / name)
     edges = Image.new("RGB", (160, 160), "black")
@@ -69,7 +79,10 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
-    save_fastcomposer(comfy_server.base / "models" / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=tiny.tiny_sd15_model())
+    import tiny_sd15
+
+    tiny_sd15.save_ssr_files(comfy_server.base / "models" / "ssr_encoder", tiny_sd15.ssr_manifest(), "official")
+    save_fastcomposer(comfy_server.base / "models" / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=tiny_sd15.tiny_sd15_unet())
     for path in EXAMPLES:
         for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
@@ -177,15 +190,16 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    models, (cfg, sampler, steps) = KIND_EXAMPLES.get(path.stem, (REAL_MODELS, MS_DIFFUSION_DEFAULTS))
+    models = {"FastComposer": FASTCOMPOSER_REAL_MODELS, "SD1.5": SD15_REAL_MODELS, "SDXL": REAL_MODELS}[defaults_of(path)]
     for node_type, name in models.items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
+    cfg, sampler_name, default_scale, steps = DEFAULTS[defaults_of(path)]
     prompt = workflow_to_prompt(workflow, object_info)
     layout_mod = pack("attention_patches.layout")
     for node_id, node in prompt.items():
         inputs = node["inputs"]
         if node["class_type"] == "KSampler":
-            assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler)
+            assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler_name)
             if inputs["denoise"] == 1.0:
                 assert inputs["steps"] == steps
             text = positive_text(prompt, node_id)
@@ -198,13 +212,16 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
         ref = prompt[ref[0]]["inputs"].get("subjects")
     for phrase in subjects:
         assert phrase in text, (path.name, phrase, text)
-    box_node = prompt[apply["layout"][0]]["inputs"]
-    layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
-    assert len(layout.boxes) == len(subjects), path.name
-    assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
+    if "layout" in apply:
+        box_node = prompt[apply["layout"][0]]["inputs"]
+        layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
+        assert len(layout.boxes) == len(subjects), path.name
+        assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
+    else:
+        assert base_model(path) == "SD1.5", f"{path.name}: only SSR-Encoder acts without a layout"
     parsed = pack("nodes.apply_attention").parse_subject_scales(apply.get("subject_scales", ""))
     scales = list(parsed) if parsed else [apply["scale"]] * len(subjects)
-    assert scales in ([0.6] * len(subjects), [0.6, 0.4]), (path.name, scales)
+    assert scales in ([default_scale] * len(subjects), [0.6, 0.4]), (path.name, scales)
     if apply["auto_routing"]:
         assert apply["prompt"] == text and (apply["mask_threshold"], apply["start_step"]) == (0.5, 5)
 
@@ -218,6 +235,8 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
     "auto_routing": {"MSP_RouterMaskPreview": 1},
     "fastcomposer_two_people": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1, "UNETLoader": 1, "CLIPVisionLoader": 0},
+    "ssr_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 2, "MSP_DrawLayoutBox": 0},
+    "ssr_one_photo_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 1, "MSP_DrawLayoutBox": 1, "MSP_RouterMaskPreview": 1},
 }
 
 
@@ -240,6 +259,11 @@ def test_example_contains_what_it_shows(path, object_info):
     if path.stem == "lora":
         lora_id = next(i for i, n in prompt.items() if n["class_type"] == "LoraLoader")
         assert apply["model"] == [lora_id, 0]
+    if path.stem in SD15_EXAMPLES:  # each subject picked from its photo by a query
+        encodes = [n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_EncodeReference"]
+        assert all(e["query"] and e["phrase"] in e["query"] for e in encodes)
+        if path.stem == "ssr_one_photo_two_subjects":
+            assert len({tuple(e["image"]) for e in encodes}) == 1 and all(e["subject_encoder"] == apply["subject_encoder"] for e in encodes)
     if path.stem == "hires_fix":
         second = next(s for s in samplers if s["denoise"] < 1.0)
         assert second["denoise"] == 0.5 and prompt[second["latent_image"][0]]["class_type"] == "LatentUpscaleBy"

@@ -3,8 +3,8 @@
 - SD1.5 CLIP: ComfyUI's SD1ClipModel with the real tokenizer and vocabulary, one 768-wide layer
   (the UNet's context width), seeded weights.
 - FastComposer checkpoint: the official key names (``image_encoder.*`` a CLIP ViT at 28 px with
-  patch 14, the real 768-wide projection; ``postfuse_module.*`` the real 768-wide fusion MLP), in
-  the converted layout with the UNet fingerprint of the model it was made for.
+  patch 14 projecting to the UNet's context width; ``postfuse_module.*`` the fusion MLP at that
+  width), in the converted layout with the UNet fingerprint of the model it was made for.
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ def tiny_sd15_clip(seed: int = 11) -> comfy.sd.CLIP:
 
 
 def tiny_fastcomposer_state_dict(seed: int = 12, unet=None) -> dict[str, torch.Tensor]:
-    """Official key names; the UNet fingerprint of ``unet`` (a ModelPatcher), or of another UNet when None."""
-    vision = fill_seeded(comfy.clip_model.CLIPVisionModelProjection(VISION, torch.float32, "cpu", comfy.ops.manual_cast), seed)
-    postfuse = fill_seeded(fusion.PostfuseModule(EMBED_DIM), seed + 1)
+    """Official key names, embeddings as wide as ``unet``'s context; the UNet fingerprint of ``unet`` (a ModelPatcher,
+    the tiny SD1.5 UNet of ``tiny_models`` when None)."""
+    unet = unet if unet is not None else tiny_sd15_model()
+    embed_dim = unet.model.model_config.unet_config["context_dim"]
+    config = {**VISION, "projection_dim": embed_dim}
+    vision = fill_seeded(comfy.clip_model.CLIPVisionModelProjection(config, torch.float32, "cpu", comfy.ops.manual_cast), seed)
+    postfuse = fill_seeded(fusion.PostfuseModule(embed_dim), seed + 1)
     flat = {f"image_encoder.{k}": v.clone() for k, v in vision.state_dict().items()}
     flat.update({f"postfuse_module.{k}": v.clone() for k, v in postfuse.state_dict().items()})
-    unet = unet if unet is not None else tiny_sd15_model(seed + 2)
     conv_in = unet.get_model_object("diffusion_model").input_blocks[0][0].weight
     flat[loader.FINGERPRINT_KEY] = loader.unet_fingerprint(conv_in)
     return flat

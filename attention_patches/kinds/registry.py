@@ -12,8 +12,9 @@ from ...models.safe_load import CheckpointError, foreign_format, read_keys
 from .base import SubjectEncoder
 from .fastcomposer import FastComposerEncoder
 from .ms_diffusion import MSDiffusionSDXL
+from .ssr_encoder import SSREncoder
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, FastComposerEncoder)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, FastComposerEncoder)
 
 
 class UnknownEncoderError(CheckpointError):

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
-from .fastcomposer_nodes import SD15_CHECKPOINTS, sd15_checkpoint  # noqa: E402
+from .fastcomposer_nodes import TinyUNetLoader  # noqa: E402
+from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402
 
 CATEGORY = "multi_subject/testing"
 
@@ -42,7 +43,7 @@ class TinyCheckpointLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name):
-        return io.NodeOutput(*(sd15_checkpoint() if ckpt_name in SD15_CHECKPOINTS else checkpoint()))
+        return io.NodeOutput(*(checkpoint_for(ckpt_name) or checkpoint()))
 
 
 class TinySD15Loader(io.ComfyNode):
@@ -67,7 +68,7 @@ class TinyCLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, variant):
-        return io.NodeOutput(clip_vision(variant))
+        return io.NodeOutput(clip_vision_for(clip_name) or clip_vision(variant))
 
 
 @lru_cache(maxsize=None)
@@ -107,7 +108,7 @@ class LayoutEcho(io.ComfyNode):
 class TestNodes(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho]
+        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho, TinyUNetLoader]
 
 
 async def comfy_entrypoint():

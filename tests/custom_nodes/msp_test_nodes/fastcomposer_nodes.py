@@ -1,14 +1,23 @@
-"""Tiny stand-ins of the FastComposer example: an SD1.5 checkpoint's CLIP and VAE (the UNet is TinySD15Loader's)."""
+"""Load Diffusion Model's stand-in for the FastComposer example: the tiny SD1.5 UNet of the SD1.5 checkpoint stand-in.
 
-from functools import lru_cache
+The example loads FastComposer's fine-tuned UNet with Load Diffusion Model and takes CLIP and VAE
+from an SD1.5 checkpoint; the stand-in UNet is the one that checkpoint's tiny CLIP fits, and the
+tiny FastComposer file the tests write carries its fingerprint.
+"""
 
-import tiny_models
-from tiny_sd15_fastcomposer import tiny_sd15_clip
+from comfy_api.latest import io
 
-SD15_CHECKPOINTS = {"v1-5-pruned-emaonly-fp16.safetensors", "v1-5-pruned-emaonly.safetensors"}
+from .tiny_sd15_stand_ins import sd15_checkpoint
+
+CATEGORY = "multi_subject/testing"
 
 
-@lru_cache(maxsize=None)
-def sd15_checkpoint():
-    """(MODEL, CLIP, VAE) of a tiny SD1.5 checkpoint: the tiny SD1.5 UNet, a 768-wide CLIP with the real tokenizer, TAESD."""
-    return tiny_models.tiny_sd15_model(), tiny_sd15_clip(), tiny_models.tiny_vae()
+class TinyUNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="MSPTest_TinyUNetLoader", category=CATEGORY,
+                         inputs=[io.String.Input("unet_name", default="tiny-sd15-unet")], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, unet_name):
+        return io.NodeOutput(sd15_checkpoint()[0])
