@@ -143,3 +143,24 @@ def test_truncated_file_is_a_named_error(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(loader.FastComposerFormatError, match="truncated or corrupt"):
         loader.load_weights(path)
+
+
+@pytest.mark.golden
+def test_load_subject_encoder_node_lists_and_loads_the_official_bin(official_bin, tmp_path):
+    """The official pytorch_model.bin in models/fastcomposer: listed (beside other kinds' files) and loaded as FastComposer."""
+    import shutil
+
+    import folder_paths
+
+    nodes = pack("nodes")
+    path, state = official_bin
+    folder = tmp_path / "fastcomposer"
+    folder.mkdir()
+    shutil.copy(path, folder / "pytorch_model.bin")
+    folder_paths.add_model_folder_path("fastcomposer", str(folder))
+    choices = nodes.LoadSubjectEncoder.define_schema().inputs[0].options
+    listed = next(c for c in choices if c.endswith("pytorch_model.bin") and nodes.LoadSubjectEncoder.validate_inputs(c) is True
+                  and str(folder) in pack("nodes.paths").encoder_path(c))
+    encoder = nodes.LoadSubjectEncoder.execute(encoder_name=listed).args[0]
+    assert encoder.kind == "fastcomposer_sd15"
+    assert torch.equal(encoder.postfuse.state_dict()["layer_norm.weight"], state["postfuse_module.layer_norm.weight"])
