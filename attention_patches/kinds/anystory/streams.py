@@ -58,6 +58,10 @@ class BlockStreams:
     store_ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # filled when the ref stream runs
     box_routes: torch.Tensor | None = None  # [S, HW]: the router may only route inside each subject's box
     on_routes: Callable[[str, torch.Tensor], None] | None = None
+    model: object = None  # the Flux module whose blocks run
+    rows: torch.Tensor | None = None  # the batch rows AnyStory acts on (None: all; the others run plain FLUX)
+    distinct_rows: list = field(default_factory=list)  # the cache key of each ref stream batch entry
+    ref_rows: torch.Tensor | None = None  # per row, its entry in the ref stream's batch (None: the same batch)
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -72,6 +76,15 @@ class BlockStreams:
         if self.store_ref is not None:
             self.store_ref[label] = (k, v)
         return k, v
+
+    def for_rows(self, kv: tuple[torch.Tensor, torch.Tensor], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference keys/values (one per distinct row) for every row of the batch."""
+        k, v = kv
+        if k.shape[0] == rows and self.ref_rows is None:
+            return kv
+        if k.shape[0] == 1:
+            return k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)
+        return k[self.ref_rows], v[self.ref_rows]
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -203,6 +216,7 @@ def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
 
     keys, values = torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2)
     if ref_kv is not None:
+        ref_kv = s.for_rows(ref_kv, img.shape[0])
         keys, values = torch.cat((keys, ref_kv[0]), dim=2), torch.cat((values, ref_kv[1]), dim=2)
     text_bias, image_bias = main_biases(s, text_len, image_len, route, img.shape[0], img_q.dtype, img.device)
     txt_attn = attend(txt_q, keys, values, text_bias)
@@ -273,6 +287,7 @@ def single_block(block, label: str, x, vec, pe, s: BlockStreams):
 
     keys, values = k, v
     if ref_kv is not None:
+        ref_kv = s.for_rows(ref_kv, x.shape[0])
         keys, values = torch.cat((k, ref_kv[0]), dim=2), torch.cat((v, ref_kv[1]), dim=2)
     text_bias, image_bias = main_biases(s, text_len, image_len, route, x.shape[0], q.dtype, x.device)
     attn = torch.cat((attend(q[:, :, :text_len], keys, values, text_bias),
