@@ -120,6 +120,14 @@ def modulation(module, vec: torch.Tensor, lora: StreamLoRA, target: str):
     return out.chunk(module.multiplier, dim=-1)
 
 
+def routing_query_key(routing: RoutingLoRA, query_base, router_normed, key_base, image_normed, query_norm, key_norm,
+                      image_pe, heads: int, like: torch.Tensor):
+    """Router query and image key of the routing map: base projections + routing-map LoRA, QK-norm, RoPE (image only)."""
+    query = query_norm(split_heads(query_base + routing.query.delta(router_normed), heads))
+    key = key_norm(split_heads(key_base + routing.key.delta(image_normed), heads))
+    return query, apply_rope1(key.to(like), image_pe)
+
+
 def routing_means(query: torch.Tensor, key: torch.Tensor, subjects: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Router query [B, h, S*9, d] and image key [B, h, HW, d] -> ([B, S, d], [B, HW, d]) means."""
     b, _, tokens, d = query.shape
@@ -205,11 +213,9 @@ def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
         rt_mod1, rt_mod2 = _pairs(modulation(block.txt_mod, vec, s.router_lora, f"{label}.txt_mod.lin"))
         rt_normed = apply_mod(block.txt_norm1(s.router), 1 + rt_mod1[1], rt_mod1[0])
         rt_base = block.txt_attn.qkv(rt_normed)
-        routing = s.routing[label]
-        routing_query = block.txt_attn.norm.query_norm(split_heads(rt_base[..., :hidden] + routing.query.delta(rt_normed), heads))
-        routing_key = block.img_attn.norm.key_norm(
-            split_heads(img_qkv[..., hidden:2 * hidden] + routing.key.delta(img_normed), heads))
-        route = _route(s, label, routing_query, apply_rope1(routing_key.to(img_k), pe_img))
+        route = _route(s, label, *routing_query_key(
+            s.routing[label], rt_base[..., :hidden], rt_normed, img_qkv[..., hidden:2 * hidden], img_normed,
+            block.txt_attn.norm.query_norm, block.img_attn.norm.key_norm, pe_img, heads, img_k))
         rt_q, rt_k, rt_v = qkv_heads(s.router_lora(f"{label}.txt_attn.qkv", rt_normed, rt_base), heads)
         rt_q, rt_k = block.txt_attn.norm(rt_q, rt_k, rt_v)
         rt_attn = attend(rt_q, torch.cat((img_k, rt_k), dim=2), torch.cat((img_v, rt_v), dim=2))
@@ -278,10 +284,9 @@ def single_block(block, label: str, x, vec, pe, s: BlockStreams):
             return attend(rq, torch.cat((image_k, rk), dim=2), torch.cat((image_v, rv), dim=2))
 
         def routing(rt_normed, rt_base):
-            lora = s.routing[label]
-            query = block.norm.query_norm(split_heads(rt_base[..., :hidden] + lora.query.delta(rt_normed), heads))
-            key = block.norm.key_norm(split_heads(lin[:, text_len:, hidden:2 * hidden] + lora.key.delta(normed[:, text_len:]), heads))
-            return _route(s, label, query, apply_rope1(key.to(k), pe[:, :, text_len:]))
+            return _route(s, label, *routing_query_key(
+                s.routing[label], rt_base[..., :hidden], rt_normed, lin[:, text_len:, hidden:2 * hidden], normed[:, text_len:],
+                block.norm.query_norm, block.norm.key_norm, pe[:, :, text_len:], heads, k))
 
         s.router, _, route = _single_stream(block, label, s.router_lora, s.router, rt_mod, s, router_attention, None, routing)
 
