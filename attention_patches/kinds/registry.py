@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
+from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .ms_diffusion import MSDiffusionSDXL
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL,)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, AnyStoryEncoder)
 
 
 class UnknownEncoderError(CheckpointError):

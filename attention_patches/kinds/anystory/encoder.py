@@ -95,6 +95,7 @@ class AnyStoryEncoder(SubjectEncoder):
     base_model = "FLUX"
     model_folders = ("anystory",)
     preview_downscales = (2,)  # one FLUX token per 2x2 latent pixels
+    learned_routes = True
 
     def __init__(self, name: str, weights: AnyStoryWeights, redux_base: dict[str, torch.Tensor] | None = None):
         self.name = name
