@@ -152,3 +152,32 @@ class RedUx(torch.nn.Module):
         self.redux_up = torch.nn.Linear(*state["redux_up.weight"].shape[::-1])
         self.redux_down = torch.nn.Linear(*state["redux_down.weight"].shape[::-1])
         self.load_state_dict(state)
+
+
+def test_load_node_and_router_mask_preview_show_learned_routes(flux_model, encoder, tmp_path):
+    import folder_paths
+
+    nodes = pack("nodes")
+    route_preview = pack("attention_patches.route_preview")
+    folder = tmp_path / "anystory"
+    folder.mkdir()
+    torch.save(tiny_flux.tiny_anystory(base_redux=False), folder / "anystory_flux.bin")
+    folder_paths.add_model_folder_path("anystory", str(folder))
+    style = type("StyleModel", (), {"model": RedUx()})()
+    loaded = nodes.LoadSubjectEncoder.execute("anystory_flux.bin", style_model=style).args[0]
+    assert isinstance(loaded, encoder_mod.AnyStoryEncoder) and loaded.redux_base is not None
+    recorder = recorder_mod.RouteRecorder()
+    subjects = subjects_for(loaded, 2)
+    patched = loaded.apply(flux_model, subjects, None, base.ApplySettings(), recorder)
+    samples = sample(patched)
+    assert recorder.layers == [f"double_blocks.{i}" for i in range(tiny_flux.DOUBLE)] + [
+        f"single_blocks.{i}" for i in range(tiny_flux.SINGLE)]
+    plan = route_preview.RoutePlan(layout_mod.Layout.whole_image(2), ("a", "b"), loaded.preview_downscales, 0.0, recorder)
+    out = nodes.RouterMaskPreview.execute(plan, {"samples": samples}, steps="2, final", layers="single_blocks.1").args
+    sheet, masks = out
+    assert masks.shape == (2, 64, 64) and sheet.shape[-1] == 3
+    one_block = recorder.routes_at(recorder.steps[-1], ["single_blocks.1"])[(4, 4)]
+    assert set(one_block.unique().tolist()) <= {0.0, 1.0}  # one block, one step: the hard learned route per token
+    assert torch.equal(torch.nn.functional.interpolate(one_block[None], size=(64, 64), mode="nearest")[0], masks)
+    with pytest.raises(ValueError, match="not recorded"):
+        nodes.RouterMaskPreview.execute(plan, {"samples": samples}, layers="single_blocks.99")

@@ -147,7 +147,7 @@ class AnyStoryPatch:
             if self.boxes is not None:
                 state.box_routes = box_routes(self.boxes, height, width).to(device)
             if self.recorder is not None:
-                state.on_routes = lambda label, route: self.recorder.add(step, height, width, route)
+                state.on_routes = lambda label, route: self.recorder.add(step, height, width, route, label)
         state.rows = rows
         transformer_options[STATE_KEY] = (self, state)
         try:
