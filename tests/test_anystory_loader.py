@@ -95,3 +95,24 @@ def test_recognised_by_keys_and_bad_files_named(tmp_path, golden_set):
     torch.save({"ref": {"x": torch.zeros(1)}, "redux": nested["redux"], "router": {"evil": object()}}, tmp_path / "evil.bin")
     with pytest.raises(checkpoint.AnyStoryFormatError, match="refused"):
         checkpoint.load_weights(tmp_path / "evil.bin")
+
+
+def test_conversion_to_safetensors_round_trips(tmp_path, golden_set):
+    convert = pack("models.anystory.convert")
+    tensors = golden_set("anystory").tensors("weights")
+    nested = {"ref": {}, "redux": {}, "router": {}}
+    for k, v in tensors.items():
+        if k.startswith("anystory."):
+            part, _, rest = k.removeprefix("anystory.").partition(".")
+            nested[part][rest] = v
+    torch.save(nested, tmp_path / "anystory_flux.bin")
+    target = convert.convert(tmp_path / "anystory_flux.bin", tmp_path / "anystory_flux.safetensors")
+    keys = pack("models.safe_load").read_keys(target)
+    assert checkpoint.recognises(keys)
+    original, converted = checkpoint.load_weights(tmp_path / "anystory_flux.bin"), checkpoint.load_weights(target)
+    for name, deltas in original.ref.deltas.items():
+        assert all(torch.equal(a.up, b.up) and a.rows == b.rows for a, b in zip(deltas, converted.ref.deltas[name]))
+    torch.save({"ref": {}, "redux": {}, "router": {}}, tmp_path / "empty.bin")
+    with pytest.raises(checkpoint.AnyStoryFormatError):
+        convert.convert(tmp_path / "empty.bin", tmp_path / "empty.safetensors")
+    assert not (tmp_path / "empty.safetensors").exists()
