@@ -109,3 +109,31 @@ def flux_conditioning(seed: int, tokens: int = 6) -> list:
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, TXT_DIM, generator=generator),
              {"pooled_output": torch.randn(1, POOLED_DIM, generator=generator), "guidance": 3.5}]]
+
+
+def tiny_siglip(seed: int = 14):
+    """A ComfyUI SigLIP vision model (384 px, 27x27 patches) at width SIGLIP_DIM: the sigclip stand-in."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import comfy.clip_vision
+
+    config = {"num_channels": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": SIGLIP_DIM, "image_size": 384,
+              "intermediate_size": SIGLIP_DIM * 2, "model_type": "siglip_vision_model", "num_attention_heads": 2,
+              "num_hidden_layers": 2, "patch_size": 14, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tiny_siglip.json"
+        path.write_text(json.dumps(config))
+        model = comfy.clip_vision.ClipVisionModel(str(path))
+    fill_seeded(model.model, seed)
+    return model
+
+
+def tiny_flux_vae(seed: int = 15):
+    """A real ComfyUI VAE with FLUX's 16 latent channels and 8x downscale (TAESD layout): the ae.safetensors stand-in."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    taesd = fill_seeded(comfy.taesd.taesd.TAESD(latent_channels=LATENT_CHANNELS), seed)
+    return comfy.sd.VAE(sd=taesd.state_dict())

@@ -181,3 +181,28 @@ def test_load_node_and_router_mask_preview_show_learned_routes(flux_model, encod
     assert torch.equal(torch.nn.functional.interpolate(one_block[None], size=(64, 64), mode="nearest")[0], masks)
     with pytest.raises(ValueError, match="not recorded"):
         nodes.RouterMaskPreview.execute(plan, {"samples": samples}, layers="single_blocks.99")
+
+
+def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(encoder):
+    nodes = pack("nodes")
+    vision, vae = tiny_flux.tiny_siglip(), tiny_flux.tiny_flux_vae()
+    image = torch.rand(1, 96, 80, 3, generator=torch.Generator().manual_seed(7))
+    mask = torch.zeros(1, 96, 80)
+    mask[:, 16:80, 8:72] = 1
+    near = torch.zeros(1, 96, 80)
+    near[:, 11:85, 3:77] = 1  # the resize filters reach a few pixels across the mask's edge (as in the official code)
+    other = torch.where(near[..., None] > 0, image, torch.rand(image.shape, generator=torch.Generator().manual_seed(8)))
+    encoded = []
+    for pixels, subject_mask in ((image, mask), (other, mask), (torch.cat((other, mask[..., None]), dim=-1), None)):
+        subjects, _ = nodes.EncodeReference.execute(vision, None, pixels, "dog", mask=subject_mask, subject_encoder=encoder,
+                                                    vae=vae).args
+        encoded.append(subjects[0].encodings[encoder.encoding_key()])
+    first = encoded[0]
+    assert first.redux.shape == (81, tiny_flux.TXT_DIM) and first.router.shape == (9, tiny_flux.TXT_DIM)
+    assert first.ref_latents.shape == (1024, tiny_flux.LATENT_CHANNELS * 4) and first.ref_mask.shape == (1024,)
+    assert 0 < first.ref_mask.sum() < 1024
+    for other_encoding in encoded[1:]:  # the background (MASK or RGBA alpha) never reaches SigLIP or the VAE
+        for name in ("redux", "router", "ref_latents", "ref_mask"):
+            assert torch.allclose(getattr(first, name), getattr(other_encoding, name), atol=1e-5), name
+    with pytest.raises(base.SubjectSetupError, match="Encode Reference: .*VAE"):
+        nodes.EncodeReference.execute(vision, None, image, "dog", mask=mask, subject_encoder=encoder)

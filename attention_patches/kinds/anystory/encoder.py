@@ -21,7 +21,7 @@ from ....models.anystory import reference as ref_inputs
 from ....models.anystory.checkpoint import AnyStoryWeights, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
-from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError
+from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
 
@@ -94,6 +94,8 @@ class AnyStoryEncoder(SubjectEncoder):
     title = "AnyStory (FLUX.1-dev)"
     base_model = "FLUX"
     model_folders = ("anystory",)
+    where_to_get = ("anystory_flux.bin from Hugging Face Junjie96/AnyStory into models/anystory, plus FLUX.1 Redux "
+                    "(flux1-redux-dev.safetensors) in models/style_models and SigLIP (sigclip_vision_patch14_384.safetensors)")
     preview_downscales = (2,)  # one FLUX token per 2x2 latent pixels
     learned_routes = True
 
@@ -182,7 +184,7 @@ class AnyStoryEncoder(SubjectEncoder):
         scales = settings.subject_scales or (settings.scale,) * len(subjects)
         if len(scales) != len(subjects):
             raise SubjectSetupError(f"subject_scales has {len(scales)} values for {len(subjects)} subjects")
-        encodings = [s.encoded(self) for s in subjects]
+        encodings = encodings_of(self, tuple(subjects))
         tokens = SubjectTokens(
             redux=torch.stack([e.redux * scale for e, scale in zip(encodings, scales)]),
             router=torch.stack([e.router for e in encodings]),
