@@ -137,3 +137,19 @@ def tiny_flux_vae(seed: int = 15):
 
     taesd = fill_seeded(comfy.taesd.taesd.TAESD(latent_channels=LATENT_CHANNELS), seed)
     return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+def tiny_flux_clip(seed: int = 16):
+    """FLUX's text encoders (CLIP-L pooled + T5) at the tiny widths: pooled POOLED_DIM, context TXT_DIM."""
+    import comfy.sd
+
+    target = comfy.supported_models.Flux(dict(FLUX_CONFIG)).clip_target()
+    options = {
+        "clip_l_model_config": {"hidden_size": POOLED_DIM, "intermediate_size": POOLED_DIM * 4, "num_attention_heads": 2,
+                                "num_hidden_layers": 2, "projection_dim": POOLED_DIM},
+        "t5xxl_model_config": {"d_model": TXT_DIM, "d_ff": TXT_DIM * 2, "d_kv": 8, "num_heads": 2, "num_layers": 2},
+        "dtype": torch.float32,
+    }
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    fill_seeded(clip.cond_stage_model, seed)
+    return clip

@@ -32,9 +32,19 @@ from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noq
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
-EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing",
+            "anystory_flux"}
+FLUX_EXAMPLES = {"anystory_flux"}
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
+FLUX_MODELS = {"UNETLoader": "flux1-dev.safetensors", "VAELoader": "ae.safetensors",
+               "CLIPVisionLoader": "sigclip_vision_patch14_384.safetensors", "StyleModelLoader": "flux1-redux-dev.safetensors",
+               "MSP_LoadSubjectEncoder": "anystory_flux.bin"}
+SAMPLER_DEFAULTS = {"sdxl": (7.5, "euler", 30), "flux": (1.0, "euler", 25)}  # MS-Diffusion's / AnyStory's demo
+
+
+def family(path) -> str:
+    return "flux" if path.stem in FLUX_EXAMPLES else "sdxl"
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
 
@@ -61,6 +71,12 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
+    import anystory_tiny
+    import torch
+
+    anystory = comfy_server.base / "models" / "anystory"
+    anystory.mkdir(parents=True, exist_ok=True)
+    torch.save(anystory_tiny.tiny_anystory(base_redux=False), anystory / "anystory_flux.bin")
     for path in EXAMPLES:
         for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
@@ -118,7 +134,8 @@ def pixel_size(prompt: dict, ref: list) -> tuple[int, int]:
 def positive_text(prompt: dict, sampler_id: str) -> str:
     ref = prompt[sampler_id]["inputs"]["positive"]
     while prompt[ref[0]]["class_type"] != "CLIPTextEncode":
-        ref = prompt[ref[0]]["inputs"]["positive"]  # through ControlNetApplyAdvanced
+        inputs = prompt[ref[0]]["inputs"]
+        ref = inputs.get("positive", inputs.get("conditioning"))  # through ControlNetApplyAdvanced, FluxGuidance
     return prompt[ref[0]]["inputs"]["text"]
 
 
@@ -168,16 +185,17 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    for node_type, name in REAL_MODELS.items():
+    for node_type, name in (FLUX_MODELS if family(path) == "flux" else REAL_MODELS).items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
     prompt = workflow_to_prompt(workflow, object_info)
     layout_mod = pack("attention_patches.layout")
     for node_id, node in prompt.items():
         inputs = node["inputs"]
         if node["class_type"] == "KSampler":
-            assert (inputs["cfg"], inputs["sampler_name"]) == (7.5, "euler")
+            cfg, sampler, steps = SAMPLER_DEFAULTS[family(path)]
+            assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler)
             if inputs["denoise"] == 1.0:
-                assert inputs["steps"] == 30
+                assert inputs["steps"] == steps
             text = positive_text(prompt, node_id)
         if node["class_type"] == "MSP_ApplyMultiSubjectAttention":
             apply = inputs
@@ -188,6 +206,9 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
         ref = prompt[ref[0]]["inputs"].get("subjects")
     for phrase in subjects:
         assert phrase in text, (path.name, phrase, text)
+    if family(path) == "flux":
+        assert "layout" not in apply and apply["start_percent"] == 0.09  # the learned router needs no boxes; demo ref start
+        return
     box_node = prompt[apply["layout"][0]]["inputs"]
     layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
     assert len(layout.boxes) == len(subjects), path.name
@@ -207,6 +228,8 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "lora": {"LoraLoader": 1},
     "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
     "auto_routing": {"MSP_RouterMaskPreview": 1},
+    "anystory_flux": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1, "StyleModelLoader": 1, "FluxGuidance": 1,
+                      "UNETLoader": 1, "DualCLIPLoader": 1},
 }
 
 
@@ -293,6 +316,25 @@ def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, o
         sheet = view(examples_server, history["outputs"][preview]["images"][0])
         sizes[auto] = sheet.width * sheet.height
     assert sizes[True] > sizes[False]
+
+
+def test_anystory_preview_shows_the_learned_routes_per_chosen_step_and_block(examples_server, object_info):
+    """The FLUX example's preview: the whole-image panel plus one panel per chosen step (of the chosen blocks)."""
+    prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / "anystory_flux.json"), object_info)
+    preview_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
+    preview = prompt[preview_id]["inputs"]
+    widths = {}
+    for steps, layers in (("final", ""), ("1, final", "double_blocks.0, single_blocks.1")):
+        preview.update(steps=steps, layers=layers)
+        history = examples_server.run(prompt)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        widths[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).width
+    panel = widths["final"] // 2  # the whole-image panel and the learned routes of the last step
+    assert widths["1, final"] == 3 * panel
+    preview.update(steps="final", layers="single_blocks.99")
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "error"
+    assert "single_blocks.99" in json.dumps(history["status"]) and "recorded layers" in json.dumps(history["status"])
 
 
 @pytest.mark.parametrize("name, node_type, strengths", [

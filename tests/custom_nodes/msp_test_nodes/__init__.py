@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
+from .flux_stand_ins import FLUX_NODES, siglip  # noqa: E402
+
 CATEGORY = "multi_subject/testing"
 
 
@@ -59,13 +61,13 @@ class TinyCLIPVisionLoader(io.ComfyNode):
         return io.Schema(
             node_id="MSPTest_TinyCLIPVisionLoader", category=CATEGORY,
             inputs=[io.String.Input("clip_name", default="tiny-clip-vision"),
-                    io.Combo.Input("variant", options=["bigG", "ViT-H"], default="bigG")],
+                    io.Combo.Input("variant", options=["bigG", "ViT-H", "siglip"], default="bigG")],
             outputs=[io.ClipVision.Output()],
         )
 
     @classmethod
     def execute(cls, clip_name, variant):
-        return io.NodeOutput(clip_vision(variant))
+        return io.NodeOutput(siglip() if variant == "siglip" else clip_vision(variant))
 
 
 @lru_cache(maxsize=None)
@@ -105,7 +107,7 @@ class LayoutEcho(io.ComfyNode):
 class TestNodes(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho]
+        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho, *FLUX_NODES]
 
 
 async def comfy_entrypoint():
