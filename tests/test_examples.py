@@ -289,13 +289,17 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
 
 
 def test_a_workflow_saved_before_the_encoder_kinds_still_runs(examples_server, object_info):
-    """Encode Reference saved with three widget values (no 'query'): the inputs added since take their defaults."""
+    """Encode Reference saved with three widget values (no 'query'), Router Mask Preview with one (no 'layers'):
+    the inputs added since take their defaults."""
     workflow = load_workflow(EXAMPLES_DIR / "two_subjects.json")
     for node in by_type(workflow, "MSP_EncodeReference"):
         node["widgets_values"] = node["widgets_values"][:3]
+    for node in by_type(workflow, "MSP_RouterMaskPreview"):
+        node["widgets_values"] = node["widgets_values"][:1]
     prompt = runnable_prompt(workflow, object_info)
     encoders = [n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_EncodeReference"]
     assert len(encoders) == 2 and all("query" not in inputs and inputs["phrase"] for inputs in encoders)
+    assert all("layers" not in n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_RouterMaskPreview")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
 
