@@ -71,7 +71,7 @@ TINY_STAND_INS = {
     "VAELoader": ("MSPTest_TinyFluxVAELoader", {}),
     "StyleModelLoader": ("MSPTest_TinyReduxLoader", {}),
 }
-SIGLIP_NAMES = ("sigclip", "siglip")  # CLIP-Vision files that get the SigLIP stand-in
+
 TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
 TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for SDXL, CLIP-ViT-bigG and ms_adapter.bin "
                "(test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")
@@ -91,8 +91,6 @@ def use_tiny_stand_ins(prompt: dict) -> dict:
     for node in prompt.values():
         if node["class_type"] in TINY_STAND_INS:
             stand_in, extra = TINY_STAND_INS[node["class_type"]]
-            if node["class_type"] == "CLIPVisionLoader" and any(n in str(node["inputs"].get("clip_name", "")).lower() for n in SIGLIP_NAMES):
-                extra = {"variant": "siglip"}
             node["class_type"] = stand_in
             node["inputs"].update(extra)
     return prompt

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
-from .flux_stand_ins import FLUX_NODES, siglip  # noqa: E402
+from .flux_stand_ins import FLUX_NODES, siglip_for  # noqa: E402
+from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402
 
 CATEGORY = "multi_subject/testing"
 
@@ -42,7 +43,7 @@ class TinyCheckpointLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name):
-        return io.NodeOutput(*checkpoint())
+        return io.NodeOutput(*(checkpoint_for(ckpt_name) or checkpoint()))
 
 
 class TinySD15Loader(io.ComfyNode):
@@ -61,13 +62,13 @@ class TinyCLIPVisionLoader(io.ComfyNode):
         return io.Schema(
             node_id="MSPTest_TinyCLIPVisionLoader", category=CATEGORY,
             inputs=[io.String.Input("clip_name", default="tiny-clip-vision"),
-                    io.Combo.Input("variant", options=["bigG", "ViT-H", "siglip"], default="bigG")],
+                    io.Combo.Input("variant", options=["bigG", "ViT-H"], default="bigG")],
             outputs=[io.ClipVision.Output()],
         )
 
     @classmethod
     def execute(cls, clip_name, variant):
-        return io.NodeOutput(siglip() if variant == "siglip" else clip_vision(variant))
+        return io.NodeOutput(clip_vision_for(clip_name) or siglip_for(clip_name) or clip_vision(variant))
 
 
 @lru_cache(maxsize=None)

@@ -15,9 +15,17 @@ def flux_parts():
     return anystory_tiny.tiny_flux_model(), anystory_tiny.tiny_flux_clip(), anystory_tiny.tiny_flux_vae()
 
 
+SIGLIP_MARKERS = ("sigclip", "siglip")
+
+
 @lru_cache(maxsize=None)
 def siglip():
     return anystory_tiny.tiny_siglip()
+
+
+def siglip_for(clip_name: str):
+    """The tiny SigLIP (Redux's and AnyStory's CLIP vision), or None when the name is not a SigLIP."""
+    return siglip() if any(m in clip_name.lower() for m in SIGLIP_MARKERS) else None
 
 
 @lru_cache(maxsize=None)
