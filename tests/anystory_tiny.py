@@ -27,9 +27,10 @@ SINGLE_MODULES = [f"single_transformer_blocks.{i}.{m}" for i in range(SINGLE) fo
     "norm.linear", "proj_mlp", "attn.to_q", "attn.to_k", "attn.to_v", "proj_out")]
 
 
-def tiny_flux_model(seed: int = 11) -> comfy.model_patcher.ModelPatcher:
+def tiny_flux_model(seed: int = 11, dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None):
+    """ComfyUI's FLUX (supported_models.Flux, real key layout) at a tiny width; ``dtype`` is the weights' storage type."""
     config = comfy.supported_models.Flux(dict(FLUX_CONFIG))
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, compute_dtype)
     model = config.get_model({})
     fill_seeded(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())

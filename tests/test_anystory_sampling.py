@@ -206,3 +206,23 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
             assert torch.allclose(getattr(first, name), getattr(other_encoding, name), atol=1e-5), name
     with pytest.raises(base.SubjectSetupError, match="Encode Reference: .*VAE"):
         nodes.EncodeReference.execute(vision, None, image, "dog", mask=mask, subject_encoder=encoder)
+
+
+@pytest.mark.parametrize("storage, compute", [(torch.bfloat16, None), (torch.float16, None), (torch.float8_e4m3fn, torch.bfloat16)],
+                         ids=["bf16", "fp16", "fp8-weights"])
+def test_low_precision_weights_are_used_as_loaded_and_never_changed(encoder, storage, compute):
+    model = tiny_flux.tiny_flux_model(dtype=storage, compute_dtype=compute)
+    flux = model.get_model_object("diffusion_model")
+    before = {k: v.clone() for k, v in flux.state_dict().items()}
+    plain = sample(model)
+    patched = encoder.apply(model, subjects_for(encoder, 2), None, base.ApplySettings())
+    out = sample(patched)
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
+    after = flux.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())  # LoRAs never merged
+
+
+def test_auto_routing_is_refused_with_a_reason(flux_model, encoder):
+    auto = pack("attention_patches.auto_routing").AutoRouting(((1,), (2,)), 0.5, 5)
+    with pytest.raises(base.SubjectSetupError, match="learned router"):
+        encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings(auto=auto))

@@ -174,6 +174,9 @@ class AnyStoryEncoder(SubjectEncoder):
 
     def apply(self, model, subjects, layout, settings: ApplySettings, recorder=None):
         self.check_model(model)
+        if settings.auto is not None:
+            raise SubjectSetupError("AnyStory routes every token with its own learned router; turn auto_routing off "
+                                    "(Router Mask Preview shows the learned routes)")
         if not subjects:
             raise SubjectSetupError("no subjects: connect Encode Reference")
         boxes = None
