@@ -151,11 +151,12 @@ class AnyStoryPatch:
         state.rows = rows
         transformer_options[STATE_KEY] = (self, state)
         try:
-            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+            out = executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         finally:
             transformer_options.pop(STATE_KEY, None)
-            if state.store_ref is not None:
-                self._keep_reference(state)
+        if state.store_ref is not None:  # only a completed call leaves a cache entry
+            self._keep_reference(state)
+        return out
 
     def _reference_stream(self, flux, state: BlockStreams, y, guidance, index, device, dtype) -> None:
         subjects, settings = self.subjects, self.settings
@@ -182,7 +183,7 @@ class AnyStoryPatch:
         ref_lora = state.ref_lora
         state.ref = ref_lora("img_in", latents, flux.img_in(latents)).expand(len(first), -1, -1)
         ids = subjects.ref_ids.to(device).repeat(subjects.count, 1)[None]
-        state.ref_pe = flux.pe_embedder(ids).to(dtype)
+        state.ref_pe = flux.pe_embedder(ids)  # float32, as ComfyUI keeps the image's
         state.store_ref = {} if settings.ref_cache else None
         state.distinct_rows = distinct
         self.ref_stream_runs += 1
