@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
+from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .fastcomposer import FastComposerEncoder
 from .ms_diffusion import MSDiffusionSDXL
 from .ssr_encoder import SSREncoder
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, FastComposerEncoder)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, AnyStoryEncoder, FastComposerEncoder)
 
 
 class UnknownEncoderError(CheckpointError):
