@@ -204,7 +204,8 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    real_models = {"SD1.5": SD15_REAL_MODELS, "FLUX": FLUX_REAL_MODELS, "FastComposer": FASTCOMPOSER_REAL_MODELS}.get(defaults_of(path), REAL_MODELS)
+    real_models = {"SD1.5": SD15_REAL_MODELS, "FLUX": FLUX_REAL_MODELS,
+                   "FastComposer": FASTCOMPOSER_REAL_MODELS}.get(defaults_of(path), REAL_MODELS)
     for node_type, name in real_models.items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
     cfg, sampler_name, default_scale, default_steps = DEFAULTS[defaults_of(path)]
