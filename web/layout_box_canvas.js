@@ -7,6 +7,7 @@
 //   layout_json_view.js  the JSON text view
 //   layout_dom.js        DOM helpers and shared styles
 //   layout_node_hooks.js widget glue for both node renderers (LiteGraph canvas, Nodes 2.0)
+//   layout_interaction.js pointer and keyboard editing on the canvas
 //   layout_editor.js     the editor widget itself
 
 import { app } from "../../scripts/app.js";

@@ -9,19 +9,17 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  area, boxHandles, boxRect, capLabel, clamp, colourOf, COORDS, CUSTOM, GRID, isPreset, MAX_BOXES, MAX_LABEL,
+  area, capLabel, clamp, colourOf, COORDS, CUSTOM, GRID, isPreset, MAX_BOXES, MAX_LABEL,
   parseBoxes, placeNewBox, presetBoxes, PRESETS, sameGeometry, serializeBoxes,
 } from "./layout_boxes.js";
 import { el, BUTTON_STYLE, INPUT_STYLE, keepKeysLocal } from "./layout_dom.js";
 import { drawScene } from "./layout_drawing.js";
+import { CANVAS_HELP, CanvasInteraction } from "./layout_interaction.js";
 import { JSON_VIEW_HEIGHT, JsonView } from "./layout_json_view.js";
 import { chainCallback, publishWidgetValue, vueNodesMode, watchValue } from "./layout_node_hooks.js";
 
 export const CANVAS_WIDGET = "layout_canvas";
 const MIN_HEIGHT = 280; // CSS px of the editor without the JSON view
-const HANDLE_HIT = 7; // canvas CSS px
-const CANVAS_HELP = "drag on empty space: new box · Shift+drag: new box anywhere (also over boxes) · "
-  + "drag a box: move · drag a handle: resize · arrows: nudge · Delete: remove";
 
 export class LayoutEditor {
   constructor(node) {
@@ -37,7 +35,6 @@ export class LayoutEditor {
     this.warnings = [];
     this.selected = -1;
     this.snap = true;
-    this.drag = null;
     this.runBoxes = null; // boxes the backend used in the last run (e.g. from a MASK)
     this.image = null; // HTMLImageElement shown behind the boxes after a run
     this.imageUrl = null;
@@ -49,6 +46,7 @@ export class LayoutEditor {
     this.cssH = 0;
     this.json = new JsonView((text) => this.onJsonEdit(text));
     this.buildDom();
+    this.interaction = new CanvasInteraction(this);
     this.hideBoxesWidget();
     this.hookWidgets();
     this.widget = node.addDOMWidget(CANVAS_WIDGET, "msp_layout_canvas", this.root, {
@@ -263,11 +261,6 @@ export class LayoutEditor {
     });
     this.canvas.addEventListener("focus", () => this.render());
     this.canvas.addEventListener("blur", () => this.render());
-    this.canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
-    this.canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
-    this.canvas.addEventListener("pointerup", (e) => this.onPointerUp(e));
-    this.canvas.addEventListener("pointercancel", (e) => this.onPointerUp(e, true));
-    this.canvas.addEventListener("keydown", (e) => this.onKeyDown(e));
     this.stage.append(this.canvas);
 
     const fields = el("div", {}, { display: "flex", flexWrap: "wrap", gap: "4px", alignItems: "center", flex: "0 0 auto" });
@@ -458,173 +451,9 @@ export class LayoutEditor {
     const ratio = this.canvas.width / w;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     this.rendered = drawScene(ctx, {
-      w, h, image: this.image, boxes: this.boxes, selected: this.selected, drag: this.drag, runBoxes: this.runBoxes,
+      w, h, image: this.image, boxes: this.boxes, selected: this.selected, drag: this.interaction.drag, runBoxes: this.runBoxes,
       error: this.error, notes: this.notes(), focused: document.activeElement === this.canvas,
     });
-  }
-
-  // ---------------------------------------------------------------- interaction
-
-  /** Pointer position in fractions of the image (works at any canvas zoom). */
-  point(e) {
-    const r = this.canvas.getBoundingClientRect();
-    return {
-      fx: clamp((e.clientX - r.left) / r.width, 0, 1),
-      fy: clamp((e.clientY - r.top) / r.height, 0, 1),
-      cx: ((e.clientX - r.left) / r.width) * this.cssW,
-      cy: ((e.clientY - r.top) / r.height) * this.cssH,
-    };
-  }
-
-  snapX(f) {
-    const [W] = this.size();
-    return clamp(this.snap ? (Math.round((f * W) / GRID) * GRID) / W : f, 0, 1);
-  }
-
-  snapY(f) {
-    const [, H] = this.size();
-    return clamp(this.snap ? (Math.round((f * H) / GRID) * GRID) / H : f, 0, 1);
-  }
-
-  minSize() {
-    const [W, H] = this.size();
-    return this.snap ? [GRID / W, GRID / H] : [2 / W, 2 / H];
-  }
-
-  hitHandle(p) {
-    const b = this.boxes[this.selected];
-    if (!b) return null;
-    for (const hnd of boxHandles(b, this.cssW, this.cssH)) {
-      if (Math.abs(p.cx - hnd.x) <= HANDLE_HIT && Math.abs(p.cy - hnd.y) <= HANDLE_HIT) return hnd.edges;
-    }
-    return null;
-  }
-
-  hitBox(p) {
-    let best = -1;
-    for (const [i, b] of this.boxes.entries()) {
-      const r = boxRect(b, this.cssW, this.cssH);
-      if (p.cx < r.x || p.cx > r.x + r.w || p.cy < r.y || p.cy > r.y + r.h) continue;
-      if (best < 0 || area(b) <= area(this.boxes[best])) best = i; // the smallest box under the pointer
-    }
-    return best;
-  }
-
-  onPointerDown(e) {
-    if (e.button !== 0) return;
-    e.stopPropagation();
-    this.canvas.focus({ preventScroll: true });
-    if (!this.editable()) return;
-    const p = this.point(e);
-    const edges = e.shiftKey ? null : this.hitHandle(p);
-    const index = e.shiftKey ? -1 : edges ? this.selected : this.hitBox(p);
-    if (edges) {
-      this.drag = { mode: "resize", edges, index, start: p, origin: { ...this.boxes[index] }, moved: false };
-    } else if (index >= 0) {
-      this.selected = index;
-      this.drag = { mode: "move", index, start: p, origin: { ...this.boxes[index] }, moved: false };
-      this.refreshPanel();
-    } else {
-      // empty space, or Shift held: a new box (boxes may cover the whole image)
-      this.selected = -1;
-      this.refreshPanel();
-      const room = this.boxes.length < MAX_BOXES;
-      this.drag = room ? { mode: "new", index: -1, start: p, anchor: { x: this.snapX(p.fx), y: this.snapY(p.fy) }, moved: false } : null;
-    }
-    this.canvas.setPointerCapture?.(e.pointerId);
-    this.render();
-  }
-
-  onPointerMove(e) {
-    const p = this.point(e);
-    const d = this.drag;
-    if (!d) {
-      if (!this.editable()) return;
-      const edges = e.shiftKey ? null : this.hitHandle(p);
-      this.canvas.style.cursor = edges ? cursorFor(edges) : !e.shiftKey && this.hitBox(p) >= 0 ? "move" : "crosshair";
-      return;
-    }
-    e.stopPropagation();
-    if (!d.moved && Math.hypot(p.cx - d.start.cx, p.cy - d.start.cy) < 3) return;
-    d.moved = true;
-    const [minW, minH] = this.minSize();
-    if (d.mode === "new") {
-      const x = this.snapX(p.fx);
-      const y = this.snapY(p.fy);
-      d.preview = {
-        x1: Math.min(d.anchor.x, x), y1: Math.min(d.anchor.y, y), x2: Math.max(d.anchor.x, x), y2: Math.max(d.anchor.y, y), label: "",
-      };
-    } else if (d.mode === "move") {
-      const o = d.origin;
-      const bw = o.x2 - o.x1;
-      const bh = o.y2 - o.y1;
-      const x1 = clamp(this.snapX(o.x1 + p.fx - d.start.fx), 0, Math.max(0, 1 - bw));
-      const y1 = clamp(this.snapY(o.y1 + p.fy - d.start.fy), 0, Math.max(0, 1 - bh));
-      d.preview = { ...o, x1, y1, x2: x1 + bw, y2: y1 + bh };
-    } else {
-      const b = { ...d.origin };
-      if (d.edges.includes("w")) b.x1 = Math.min(this.snapX(p.fx), b.x2 - minW);
-      if (d.edges.includes("e")) b.x2 = Math.max(this.snapX(p.fx), b.x1 + minW);
-      if (d.edges.includes("n")) b.y1 = Math.min(this.snapY(p.fy), b.y2 - minH);
-      if (d.edges.includes("s")) b.y2 = Math.max(this.snapY(p.fy), b.y1 + minH);
-      for (const c of COORDS) b[c] = clamp(b[c], 0, 1);
-      d.preview = b;
-    }
-    this.render();
-  }
-
-  onPointerUp(e, cancelled = false) {
-    const d = this.drag;
-    this.drag = null;
-    this.canvas.releasePointerCapture?.(e.pointerId);
-    if (!d) return;
-    e.stopPropagation();
-    if (cancelled || !d.moved || !d.preview || !this.editable()) {
-      this.render();
-      return;
-    }
-    const boxes = this.boxes.slice();
-    if (d.mode === "new") {
-      const [minW, minH] = this.minSize();
-      const b = d.preview;
-      if (b.x2 - b.x1 < minW || b.y2 - b.y1 < minH) {
-        this.render(); // too small: a click on empty space
-        return;
-      }
-      boxes.push(b);
-      this.selected = boxes.length - 1;
-    } else {
-      boxes[d.index] = d.preview;
-    }
-    this.commit(boxes);
-  }
-
-  onKeyDown(e) {
-    if (e.ctrlKey || e.metaKey || e.altKey) return;
-    let handled = true;
-    const b = this.boxes[this.selected];
-    if (e.key === "Delete" || e.key === "Backspace") {
-      this.deleteSelected();
-    } else if (e.key === "Escape") {
-      this.select(-1);
-    } else if (e.key.startsWith("Arrow") && b && this.editable()) {
-      const [W, H] = this.size();
-      const step = e.shiftKey || !this.snap ? 1 : GRID;
-      const dx = e.key === "ArrowLeft" ? -step / W : e.key === "ArrowRight" ? step / W : 0;
-      const dy = e.key === "ArrowUp" ? -step / H : e.key === "ArrowDown" ? step / H : 0;
-      const sx = clamp(dx, -b.x1, 1 - b.x2);
-      const sy = clamp(dy, -b.y1, 1 - b.y2);
-      const boxes = this.boxes.slice();
-      boxes[this.selected] = { ...b, x1: b.x1 + sx, x2: b.x2 + sx, y1: b.y1 + sy, y2: b.y2 + sy };
-      this.commit(boxes);
-    } else {
-      handled = false;
-    }
-    if (handled) {
-      // keep the graph's own shortcuts (Delete removes the node) away from the canvas
-      e.preventDefault();
-      e.stopPropagation();
-    }
   }
 
   // ---------------------------------------------------------------- after a run
@@ -679,10 +508,4 @@ export class LayoutEditor {
   dispose() {
     this.resizeObserver?.disconnect();
   }
-}
-
-function cursorFor(edges) {
-  if (edges === "nw" || edges === "se") return "nwse-resize";
-  if (edges === "ne" || edges === "sw") return "nesw-resize";
-  return edges === "n" || edges === "s" ? "ns-resize" : "ew-resize";
 }
