@@ -47,6 +47,7 @@ class Reference:
     clip: Any = None
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
+    mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
 
     @property
     def query_text(self) -> str:
@@ -84,6 +85,17 @@ class Subject:
         return self.encodings[key]
 
 
+def encodings_of(encoder: SubjectEncoder, subjects: tuple[Subject, ...]) -> list:
+    """Every subject's encoding by ``encoder`` (memoised); an error names the subject it is about."""
+    encoded = []
+    for number, subject in enumerate(subjects, start=1):
+        try:
+            encoded.append(subject.encoded(encoder))
+        except SubjectSetupError as e:
+            raise SubjectSetupError(f"subject {number} ('{subject.phrase}'): {e}") from e
+    return encoded
+
+
 class SubjectEncoder(ABC):
     """A loaded subject encoder of one kind: the MSP_SUBJECT_ENCODER socket's payload."""
 
@@ -91,7 +103,9 @@ class SubjectEncoder(ABC):
     title: ClassVar[str]  # for messages, e.g. "MS-Diffusion (SDXL)"
     base_model: ClassVar[str]  # the base model family it patches, for messages: "SDXL", "SD1.5", "FLUX"
     model_folders: ClassVar[tuple[str, ...]]  # folders under models/ it is loaded from; the first is the documented one
+    where_to_get: ClassVar[str] = ""  # which files users download and from where, for a missing-file error
     preview_downscales: ClassVar[tuple[int, ...]] = ()  # latent pixels per token of the layers whose routes are previewed
+    learned_routes: ClassVar[bool] = False  # the model decides the routes while sampling: record them when previewed
 
     name: str  # the file the user picked, for messages
     patcher: Any = None  # the ModelPatcher that owns the weights (ComfyUI's memory manager loads it)
@@ -109,6 +123,10 @@ class SubjectEncoder(ABC):
     def encoding_key(self) -> Hashable:
         """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights."""
         return self.kind
+
+    def with_style_model(self, style_model) -> SubjectEncoder:
+        """This encoder with partner weights from a STYLE_MODEL (Load Subject Encoder's optional input)."""
+        raise SubjectSetupError(f"{self.title} does not use a style model; disconnect Load Subject Encoder's style_model input")
 
     @abstractmethod
     def encode(self, reference: Reference) -> Any:
