@@ -587,6 +587,8 @@ def test_hostile_workflow_labels_are_capped_and_the_tab_stays_responsive(browser
     assert [b["label"] for b in state["rendered"]] == [label.strip()[:MAX_LABEL] for label in labels]
     assert len(state["value"]) < 2000
     assert state["error"] is None
+    assert "'constructor' is no preset: choose custom or a preset" in state["notes"]
+    assert_editor_fits_node(driver, node, "long labels")
     workflow = js(driver, "return app.graph.serialize();")
     assert json.loads(next(n for n in workflow["nodes"] if n["id"] == node)["widgets_values"][0]) == stored
 

@@ -213,8 +213,9 @@ export class LayoutEditor {
 
   buildDom() {
     this.root = el("div", { className: "msp-layout widget-expands" }, {
-      // fills the widget's box in both renderers; `widget-expands` gives it the node's spare height in Nodes 2.0
-      width: "100%", height: "100%", minHeight: `${MIN_HEIGHT}px`, minWidth: "0",
+      // fills the widget's box in both renderers; `widget-expands` gives it the node's spare height in Nodes 2.0,
+      // and its width never follows its content (a long label must not widen a Nodes 2.0 node)
+      width: "100%", height: "100%", minHeight: `${MIN_HEIGHT}px`, minWidth: "0", contain: "inline-size",
       display: "flex", flexDirection: "column", gap: "4px", boxSizing: "border-box",
       font: "12px sans-serif", color: "var(--input-text, #ddd)", overflow: "hidden", userSelect: "none",
     });
@@ -433,7 +434,8 @@ export class LayoutEditor {
     const notes = [];
     if (this.isLinked("boxes")) notes.push("the boxes come from the linked input");
     const preset = this.presetWidget?.value;
-    if (preset && preset !== CUSTOM) notes.push(`preset '${preset}' is used instead of these boxes`);
+    if (isPreset(preset)) notes.push(`preset '${preset}' is used instead of these boxes`);
+    else if (preset && preset !== CUSTOM) notes.push(`'${preset}' is no preset: choose custom or a preset`);
     if (this.hasInputLink("mask")) notes.push("MASK connected: it supplies the boxes (dashed after a run); labels come from here");
     else if (this.runBoxes && !sameGeometry(this.runBoxes, this.boxes)) notes.push("dashed: the boxes used in the last run");
     if (!this.error && !this.boxes.length) notes.push("no boxes: drag to draw the box of subject 1");
