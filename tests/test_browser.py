@@ -394,6 +394,11 @@ def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server, r
     assert state["image"] == [80, 96]
     assert state["runBoxes"] == expected
     assert state["value"] == text  # a run never rewrites the STRING
+    # and no second preview of it under the node (the frontend's own, in either renderer)
+    assert js(driver, EDITOR + """
+        const shell = document.querySelector(`.lg-node[data-node-id="${node.id}"]`);
+        return (node.imgs?.length ?? 0) + (shell ? shell.querySelectorAll('img').length : 0);
+    """, node) == 0
     screenshot(driver, f"layout_canvas_{renderer}")
     assert not severe_logs(driver, EXTENSION_FILE)
     log.info("canvas end-to-end test took %.1f s", time.monotonic() - started)

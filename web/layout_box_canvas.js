@@ -54,9 +54,6 @@ app.registerExtension({
     chainCallback(nodeType.prototype, "onRemoved", function () {
       this.mspLayout?.dispose();
     });
-
-    // The IMAGE is shown behind the boxes; no separate preview below the canvas.
-    nodeType.prototype.onDrawBackground = function () {};
   },
 
   loadedGraphNode(node) {

@@ -466,7 +466,7 @@ export class LayoutEditor {
       const parsed = parseBoxes(layout);
       this.runBoxes = parsed.error ? null : parsed.boxes;
     }
-    const entry = message?.images?.[0];
+    const entry = message?.msp_image?.[0];
     if (entry?.filename) {
       const params = new URLSearchParams({ filename: entry.filename, subfolder: entry.subfolder ?? "", type: entry.type ?? "temp" });
       const url = api.apiURL(`/view?${params}${app.getRandParam?.() ?? ""}`);
