@@ -63,7 +63,9 @@ class DrawLayoutBox(io.ComfyNode):
             raise LayoutError(f"Draw Layout Box: {e}") from e
         shown = {"msp_layout": [layout.to_json()]}
         if image is not None:
-            shown.update(ui.PreviewImage(image[:1], cls=cls).as_dict())
+            # not under "images": the canvas draws it behind the boxes, and the frontend would add
+            # a second, full-size preview under the node (Nodes 2.0)
+            shown["msp_image"] = ui.PreviewImage(image[:1], cls=cls).as_dict()["images"]
         return io.NodeOutput(layout, ui=shown)
 
 

@@ -44,13 +44,22 @@ requires_browser = pytest.mark.skipif(find_browser() is None and os.environ.get(
                                       reason="chromium / chromedriver not installed (`make browser`)")
 
 
+# The frontend setting that switches the node renderer to Nodes 2.0 (Vue nodes), frontend 1.32.
+VUE_NODES_SETTING = "Comfy.VueNodes.Enabled"
+
+
 @contextlib.contextmanager
-def browser_session(server, profile_dir: Path):
-    """A headless Chromium with the real frontend of ``server`` open (a context manager; the driver quits after)."""
-    prepare_frontend(server)
+def browser_session(server, profile_dir: Path, vue_nodes: bool = False):
+    """A headless Chromium with the real frontend of ``server`` open (a context manager; the driver quits after).
+
+    ``vue_nodes`` picks the node renderer: the LiteGraph canvas (False) or Nodes 2.0 (True).
+    """
+    prepare_frontend(server, vue_nodes)
     driver = make_driver(profile_dir)
     try:
         open_app(driver, server.url)
+        wait_for(lambda: driver.execute_script("return !!window.LiteGraph.vueNodesMode") is vue_nodes,
+                 message=f"the frontend's node renderer (Nodes 2.0: {vue_nodes})")
         yield driver
     finally:
         driver.quit()
@@ -77,11 +86,12 @@ def make_driver(profile_dir: Path):
     return driver
 
 
-def prepare_frontend(server) -> None:
-    status, body = server.post("/settings", FRONTEND_SETTINGS)
+def prepare_frontend(server, vue_nodes: bool = False) -> None:
+    status, body = server.post("/settings", {**FRONTEND_SETTINGS, VUE_NODES_SETTING: vue_nodes})
     assert status == 200, (status, body)
     settings = server.get("/settings")
     assert settings.get("Comfy.TutorialCompleted") is True, settings
+    assert settings.get(VUE_NODES_SETTING) is vue_nodes, settings
 
 
 def wait_for(condition, timeout: float = 20.0, message: str = "condition", interval: float = 0.05):

@@ -2,6 +2,7 @@
 
 Boxes are drawn with real mouse drags and a real keyboard; what counts is the hidden `boxes`
 STRING (workflow JSON, API prompt) and what the backend received (MSPTest_LayoutEcho).
+Every test runs in both node renderers: the LiteGraph canvas and Nodes 2.0 (Vue nodes).
 """
 
 from __future__ import annotations
@@ -21,30 +22,59 @@ log = logging.getLogger(__name__)
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 EXTENSION_FILE = "layout_box_canvas.js"
 WIDTH, HEIGHT = 768, 512
+WINDOW_BOTTOM = 820  # px of the page that stay in the window (browser_support.WINDOW, less the browser's own bars)
 GRID = 8
 
 pytestmark = requires_browser
 
 
-@pytest.fixture(scope="module")
-def browser(comfy_server, tmp_path_factory):
-    with browser_session(comfy_server, tmp_path_factory.mktemp("chromium-profile")) as driver:
+RENDERERS = {"litegraph": False, "nodes2": True}  # name -> the frontend's Nodes 2.0 setting
+
+
+@pytest.fixture(scope="module", params=list(RENDERERS))
+def browser(request, comfy_server, tmp_path_factory):
+    vue_nodes = RENDERERS[request.param]
+    with browser_session(comfy_server, tmp_path_factory.mktemp("chromium-profile"), vue_nodes=vue_nodes) as driver:
         yield driver
+
+
+@pytest.fixture
+def renderer(browser):
+    """The node renderer the page really uses ("litegraph" or "nodes2")."""
+    return "nodes2" if js(browser, "return !!LiteGraph.vueNodesMode;") else "litegraph"
+
+
+def screenshot(driver, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
 # ------------------------------------------------------------------ page helpers
 
-NEW_GRAPH = """
-const [width, height, withImage] = args;
+# The view: zoom `scale`, the node's top-left at (260, top=110) px of the graph canvas, wherever the
+# node is (Nodes 2.0 syncs its layout back to node.pos on a frame, and may scale a loaded layout).
+SHOW_NODE = """
+const frames = async (n) => { for (let i = 0; i < n; i++) await new Promise((r) => requestAnimationFrame(r)); };
+const showNode = async (node, scale = 1, top = 110) => {
+  await frames(2);
+  app.canvas.ds.scale = scale;
+  app.canvas.ds.offset = [260 / scale - node.pos[0], top / scale - node.pos[1]];
+  app.canvas.setDirty(true, true);
+  await frames(3);
+};
+"""
+
+NEW_GRAPH = SHOW_NODE + """
+const [width, height, withImage] = args;  // withImage: the file a LoadImage feeds to `image`, if any
 const graph = app.graph;
 graph.clear();
-app.canvas.ds.scale = 1;
-app.canvas.ds.offset = [260, 110];
+// Nodes 2.0 drops the old nodes' components on a frame; new nodes reusing their ids must come after
+await frames(2);
 const box = LiteGraph.createNode('MSP_DrawLayoutBox');
 box.pos = [0, 0];
-graph.add(box);
 box.size = [520, 640];
-// set programmatically, no callbacks: the canvas must notice by itself
+graph.add(box);
+// set without callbacks, as workflow loading does
 box.widgets.find((w) => w.name === 'width').value = width;
 box.widgets.find((w) => w.name === 'height').value = height;
 const echo = LiteGraph.createNode('MSPTest_LayoutEcho');
@@ -56,10 +86,12 @@ if (withImage) {
   image = LiteGraph.createNode('LoadImage');
   image.pos = [560, 160];
   graph.add(image);
-  image.widgets.find((w) => w.name === 'image').value = 'dog.png';
+  image.widgets.find((w) => w.name === 'image').value = withImage;
   image.connect(0, box, box.findInputSlot('image'));
 }
-app.canvas.setDirty(true, true);
+// loaded as a workflow: Nodes 2.0 may place nodes added one by one off their node.pos
+await app.loadGraphData(graph.serialize());
+await showNode(app.graph.getNodeById(box.id));
 return {box: box.id, echo: echo.id, image: image && image.id};
 """
 
@@ -113,6 +145,115 @@ def mouse_drag(driver, rect, start, end, steps=6):
     drag(driver, points)
 
 
+def shift_drag(driver, rect, start, end, steps=6):
+    """mouse_drag with Shift held (a new box even where boxes are)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    (x0, y0), (x1, y1) = at(rect, *start), at(rect, *end)
+    builder = ActionBuilder(driver, duration=15)
+    keys, pointer = builder.key_action, builder.pointer_action
+    keys.key_down(Keys.SHIFT)
+    pointer.pause(0)
+    for i in range(steps + 1):  # one pointer action per tick, the key held meanwhile
+        pointer.move_to_location(round(x0 + (x1 - x0) * i / steps), round(y0 + (y1 - y0) * i / steps))
+        keys.pause(0)
+        if i == 0:
+            pointer.pointer_down()
+            keys.pause(0)
+    pointer.pointer_up()
+    keys.pause(0)
+    pointer.pause(0)
+    keys.key_up(Keys.SHIFT)
+    builder.perform()
+
+
+NODE_AND_EDITOR = EDITOR + """
+const box = (r) => ({left: r.left, top: r.top, right: r.right, bottom: r.bottom, width: r.width, height: r.height});
+let nodeRect;
+if (LiteGraph.vueNodesMode) {
+  nodeRect = box(document.querySelector(`.lg-node[data-node-id="${node.id}"]`).getBoundingClientRect());
+} else {
+  const c = app.canvas.canvas.getBoundingClientRect();
+  const {scale, offset} = app.canvas.ds;
+  const left = c.left + (node.pos[0] + offset[0]) * scale;
+  const top = c.top + (node.pos[1] + offset[1]) * scale;
+  nodeRect = {left, top, right: left + node.size[0] * scale, bottom: top + node.size[1] * scale,
+              width: node.size[0] * scale, height: node.size[1] * scale};
+}
+const root = canvasWidget.element;
+const controls = [...root.querySelectorAll('button, input, select, canvas, textarea, .msp-layout-list')]
+  .filter((e) => e.offsetParent !== null)
+  .map((e) => ({name: e.className || e.tagName, ...box(e.getBoundingClientRect())}));
+return {node: nodeRect, editor: box(root.getBoundingClientRect()), controls};
+"""
+
+
+def layout_of(driver, node_id):
+    """Where the node, its editor and each visible control of the editor are on screen."""
+    return js(driver, NODE_AND_EDITOR, node_id)
+
+
+def assert_editor_fits_node(driver, node_id, what):
+    """Every control inside the editor, the editor inside the node, and no large empty band below it."""
+    layout = layout_of(driver, node_id)
+    node, editor = layout["node"], layout["editor"]
+    assert editor["left"] >= node["left"] - 1 and editor["right"] <= node["right"] + 1, (what, node, editor)
+    assert editor["bottom"] <= node["bottom"] + 1, (what, node, editor)
+    assert node["bottom"] - editor["bottom"] < 40, f"{what}: {node['bottom'] - editor['bottom']:.0f} px of empty node below the editor"
+    for control in layout["controls"]:
+        assert editor["left"] - 1 <= control["left"] and control["right"] <= editor["right"] + 1, (what, control, editor)
+        assert control["bottom"] <= editor["bottom"] + 1, (what, control, editor)
+    return layout
+
+
+def resize_node(driver, node_id, width, height):
+    """Resize the node to width x height (graph units) the way the user does in each renderer."""
+    if not js(driver, "return !!LiteGraph.vueNodesMode;"):
+        js(driver, EDITOR + "node.setSize([args[1], args[2]]); app.canvas.setDirty(true, true);", node_id, width, height)
+        return
+    # Nodes 2.0 sizes nodes from its layout store: drag the node's bottom-right resize handle, at
+    # zoom 1 (frontend 1.32.9 also moves the node when resizing at other zooms), with the handle
+    # and its target in the window
+    size = js(driver, EDITOR + "return [...node.size];", node_id)
+    show_node(driver, node_id, top=min(110, WINDOW_BOTTOM - max(size[1], height)))
+    handle = driver.execute_script(
+        "return document.querySelector(`.lg-node[data-node-id='${arguments[0]}'] [aria-label='Resize from bottom-right corner']`)"
+        ".getBoundingClientRect().toJSON();", node_id)
+    x0, y0 = handle["left"] + handle["width"] / 2, handle["top"] + handle["height"] / 2
+    x1, y1 = x0 + width - size[0], y0 + height - size[1]
+    drag(driver, [(x0 + (x1 - x0) * i / 8, y0 + (y1 - y0) * i / 8) for i in range(9)])
+    show_node(driver, node_id)
+
+
+def show_node(driver, node_id, scale=1, top=110):
+    """Zoom to `scale` with the node's top-left at a fixed place, once the page has drawn it."""
+    js(driver, SHOW_NODE + "await showNode(app.graph.getNodeById(args[0]), args[1], args[2]);", node_id, scale, top)
+
+
+def load_workflow(driver, workflow, node_id):
+    """Load a workflow as the frontend does (file, paste, restore) and show the node."""
+    js(driver, SHOW_NODE + "await app.loadGraphData(args[0]); await showNode(app.graph.getNodeById(args[1]));", workflow, node_id)
+
+
+def choose_preset_in_combo(driver, node_id, name):
+    """Pick `name` in the node's own `preset` combo as the user does (LiteGraph menu / Nodes 2.0 select)."""
+    if not js(driver, "return !!LiteGraph.vueNodesMode;"):
+        # what the LiteGraph combo menu does on a click
+        js(driver, EDITOR + "node.widgets.find((w) => w.name === 'preset').setValue(args[1], {e: null, node, canvas: app.canvas});",
+           node_id, name)
+        return
+    preset_select(driver, node_id).click()
+    option = wait_for(lambda: driver.execute_script(
+        "return [...document.querySelectorAll('[role=option]')].find((e) => e.textContent.trim() === arguments[0])", name),
+        message=f"the option {name!r} in the preset select")
+    option.click()
+
+
+def preset_select(driver, node_id):
+    """The Nodes 2.0 select of the node's `preset` widget."""
+    return driver.execute_script(f"return document.querySelector(`.lg-node[data-node-id='{node_id}'] [aria-label=preset]`)")
+
+
 def assert_on_grid(value, size, what):
     cells = value * size / GRID
     assert abs(cells - round(cells)) < 0.02, f"{what} = {value} is not on the {GRID}-pixel grid of {size}"
@@ -144,16 +285,18 @@ def queue_from_the_ui(driver, server) -> dict:
 # ------------------------------------------------------------------ tests
 
 
-def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server):
+def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server, renderer):
     started = time.monotonic()
     driver = browser
-    ids = js(driver, NEW_GRAPH, WIDTH, HEIGHT, True)
+    # the IMAGE differs per renderer: a run identical to an earlier one is cached and never reaches the node
+    ids = js(driver, NEW_GRAPH, WIDTH, HEIGHT, {"litegraph": "dog.png", "nodes2": "cat.png"}[renderer])
     node = ids["box"]
     rect = canvas_rect(driver, node)
     # the default layout is shown, and the canvas widget is not part of the saved values
     assert len(debug(driver, node)["rendered"]) == 2
     assert js(driver, EDITOR + "return node.serialize().widgets_values.length;", node) == 4
     assert debug(driver, node)["boxesHidden"] is True
+    assert_editor_fits_node(driver, node, "a new node")
 
     element(driver, node, "button.msp-layout-clear").click()
     wait_for(lambda: boxes_value(driver, node) == [], message="Clear to empty the STRING")
@@ -228,8 +371,7 @@ def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server):
     assert saved["widgets_values"][1:] == [WIDTH, HEIGHT, "custom"]
     driver.refresh()
     open_app(driver, comfy_server.url)
-    js(driver, "await app.loadGraphData(args[0]); app.canvas.ds.scale = 1; app.canvas.ds.offset = [260, 110];"
-               "app.canvas.setDirty(true, true);", workflow)
+    load_workflow(driver, workflow, node)
     rect = canvas_rect(driver, node)
     reloaded = debug(driver, node)
     assert reloaded["value"] == text
@@ -252,15 +394,19 @@ def test_canvas_edits_reach_workflow_prompt_and_backend(browser, comfy_server):
     assert state["image"] == [80, 96]
     assert state["runBoxes"] == expected
     assert state["value"] == text  # a run never rewrites the STRING
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / "layout_canvas.png"))
+    # and no second preview of it under the node (the frontend's own, in either renderer)
+    assert js(driver, EDITOR + """
+        const shell = document.querySelector(`.lg-node[data-node-id="${node.id}"]`);
+        return (node.imgs?.length ?? 0) + (shell ? shell.querySelectorAll('img').length : 0);
+    """, node) == 0
+    screenshot(driver, f"layout_canvas_{renderer}")
     assert not severe_logs(driver, EXTENSION_FILE)
     log.info("canvas end-to-end test took %.1f s", time.monotonic() - started)
 
 
-def test_presets_programmatic_values_errors_and_paste(browser):
+def test_presets_json_view_sizes_errors_and_paste(browser, renderer):
     driver = browser
-    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, False)["box"]
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
     rect = canvas_rect(driver, node)
     labelled = '[{"x1": 0.1, "y1": 0.1, "x2": 0.3, "y2": 0.3, "label": "dog"}]'
 
@@ -282,26 +428,44 @@ def test_presets_programmatic_values_errors_and_paste(browser):
     ]
     assert js(driver, EDITOR + "return node.widgets.find((w) => w.name === 'preset').value;", node) == "custom"
 
-    # the preset combo, changed the way the combo menu does: boxes written, combo back to custom
-    combo = js(driver, EDITOR + """
-        const preset = node.widgets.find((w) => w.name === 'preset');
-        preset.setValue('subject + hat', {e: null, node, canvas: app.canvas});
-        return preset.value;
-    """, node)
-    assert combo == "custom"
+    # the node's own preset combo, changed as the user does: boxes written, the combo shows custom again, no stale note
+    choose_preset_in_combo(driver, node, "subject + hat")
+    wait_for(lambda: len(boxes_value(driver, node)) == 2, message="the combo's preset in the STRING")
     assert [[b[k] for k in ("x1", "y1", "x2", "y2")] for b in boxes_value(driver, node)] == [
         [0.25, 0.25, 0.75, 0.75], [0.25, 0.0, 0.75, 0.25]]
+    assert js(driver, EDITOR + "return node.widgets.find((w) => w.name === 'preset').value;", node) == "custom"
+    if renderer == "nodes2":  # it shows the value it was last told
+        wait_for(lambda: preset_select(driver, node).text.strip() == "custom", message="the preset select showing custom again")
+    assert not [n for n in debug(driver, node)["notes"] if "preset" in n]
 
     # copy / paste carries the boxes
     pasted = js(driver, EDITOR + """
         const before = new Set(app.graph.nodes.map((n) => n.id));
         app.canvas.copyToClipboard([node]);
-        app.canvas.pasteFromClipboard({position: [0, 700]});
+        app.canvas.pasteFromClipboard({position: [1000, 0]});  // clear of the node and its resize handle
         const copy = app.graph.nodes.find((n) => !before.has(n.id));
         return copy.id;
     """, node)
     assert boxes_value(driver, pasted) == boxes_value(driver, node)
     wait_for(lambda: len(debug(driver, pasted)["rendered"]) == 2, message="the pasted node's canvas")
+
+    # the JSON view: shown in the editor with the STRING, edited with the keyboard, hidden again
+    element(driver, node, "button.msp-layout-json").click()
+    text_view = element(driver, node, "textarea.msp-layout-json-text")
+    wait_for(lambda: text_view.is_displayed() and text_view.size["height"] > 60, message="the JSON view")
+    assert text_view.get_attribute("value") == debug(driver, node)["value"]
+    assert_editor_fits_node(driver, node, "the JSON view shown")
+    screenshot(driver, f"layout_json_view_{renderer}")
+    typed = '[{"x1": 0.5, "y1": 0.5, "x2": 0.75, "y2": 1.0, "label": "typed"}]'
+    text_view.click()
+    text_view.send_keys(Keys.CONTROL, "a")
+    text_view.send_keys(Keys.DELETE)
+    text_view.send_keys(typed)
+    wait_for(lambda: debug(driver, node)["value"] == typed, message="the typed JSON in the STRING")
+    assert [b["label"] for b in debug(driver, node)["rendered"]] == ["typed"]
+    assert js(driver, "return !!app.graph.getNodeById(args[0]);", node)  # Delete in the text kept the node
+    element(driver, node, "button.msp-layout-json").click()
+    wait_for(lambda: not text_view.is_displayed(), message="the JSON view hidden")
 
     # width/height changed through the widget: aspect ratio follows, fractions unchanged
     js(driver, EDITOR + "const w = node.widgets.find((x) => x.name === 'height'); w.value = 768; w.callback?.(768);", node)
@@ -309,11 +473,19 @@ def test_presets_programmatic_values_errors_and_paste(browser):
     js(driver, EDITOR + "node.widgets.find((x) => x.name === 'height').value = args[1];", node, HEIGHT)
     rect = canvas_rect(driver, node)
 
-    # resizing the node resizes the canvas (same aspect ratio)
+    # resizing the node resizes the editor and its canvas (same aspect ratio), in both directions
+    before = js(driver, EDITOR + "return [...node.size];", node)
     width_before = debug(driver, node)["canvasCss"][0]
-    js(driver, EDITOR + "node.setSize([node.size[0] + 200, node.size[1] + 200]); app.canvas.setDirty(true, true);", node)
-    wait_for(lambda: (c := debug(driver, node)["canvasCss"])[0] > width_before + 100 and abs(c[0] / c[1] - WIDTH / HEIGHT) < 0.01,
+    resize_node(driver, node, before[0] + 240, before[1] + 200)
+    wait_for(lambda: (c := debug(driver, node)["canvasCss"])[0] > width_before + 150 and abs(c[0] / c[1] - WIDTH / HEIGHT) < 0.01,
              message="a bigger canvas after the node was resized")
+    assert_editor_fits_node(driver, node, "a big node")
+    screenshot(driver, f"layout_big_node_{renderer}")
+    resize_node(driver, node, 260, before[1])
+    wait_for(lambda: debug(driver, node)["canvasCss"][0] <= 240, message="a smaller canvas in a narrow node")
+    assert_editor_fits_node(driver, node, "a narrow node")
+    screenshot(driver, f"layout_narrow_node_{renderer}")
+    resize_node(driver, node, *before)
     rect = canvas_rect(driver, node)
 
     # malformed JSON: an error on the canvas, the text untouched, drags ignored
@@ -352,6 +524,108 @@ def test_presets_programmatic_values_errors_and_paste(browser):
     assert not severe_logs(driver, EXTENSION_FILE)
 
 
+def test_a_box_can_be_added_when_boxes_cover_the_canvas(browser, renderer):
+    """'subject + scene' leaves no empty space: Shift+drag and '+ box' still add boxes, and they can be edited."""
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    rect = canvas_rect(driver, node)
+    Select(element(driver, node, "select.msp-layout-presets")).select_by_value("subject + scene")
+    wait_for(lambda: len(boxes_value(driver, node)) == 2, message="the subject + scene preset")
+    assert any("Shift+drag" in n for n in debug(driver, node)["notes"])  # the way out is shown
+
+    # a plain drag inside the boxes moves one of them; Shift+drag draws a new box there instead
+    shift_drag(driver, rect, (0.06, 0.1), (0.2, 0.4))
+    wait_for(lambda: len(boxes_value(driver, node)) == 3, message="a box drawn by Shift+drag over the scene box")
+    drawn = boxes_value(driver, node)[2]
+    for key, expected, size in (("x1", 0.06, WIDTH), ("y1", 0.1, HEIGHT), ("x2", 0.2, WIDTH), ("y2", 0.4, HEIGHT)):
+        assert_near(drawn[key], expected, size, key)
+    assert boxes_value(driver, node)[:2] == [
+        {"x1": 0.25, "y1": 0.25, "x2": 0.75, "y2": 0.75, "label": ""}, {"x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0, "label": ""}]
+    assert debug(driver, node)["selected"] == 2
+
+    # the '+ box' control adds a visible, selected box that a drag then moves
+    element(driver, node, "button.msp-layout-add").click()
+    wait_for(lambda: len(boxes_value(driver, node)) == 4, message="a box added by + box")
+    added = boxes_value(driver, node)[3]
+    assert debug(driver, node)["selected"] == 3
+    assert all((b["x1"], b["y1"]) != (added["x1"], added["y1"]) for b in boxes_value(driver, node)[:3])
+    middle = ((added["x1"] + added["x2"]) / 2, (added["y1"] + added["y2"]) / 2)
+    mouse_drag(driver, rect, middle, (middle[0] + 0.1, middle[1] + 0.1))
+    wait_for(lambda: boxes_value(driver, node)[3]["x1"] > added["x1"] + 0.05, message="the added box moved by a drag")
+    assert len(boxes_value(driver, node)) == 4
+    screenshot(driver, f"layout_added_boxes_{renderer}")
+    assert not severe_logs(driver, EXTENSION_FILE)
+
+
+LONG_LABEL = 100_000
+MAX_LABEL = 200  # attention_patches/layout.py MAX_LABEL_LENGTH
+
+
+def test_hostile_workflow_labels_are_capped_and_the_tab_stays_responsive(browser, renderer):
+    """A workflow with a 100k-character label (once a frozen tab) loads fast, capped as the backend caps it."""
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    canvas_rect(driver, node)
+    workflow = js(driver, "return app.graph.serialize();")
+    labels = ["\ud800" + "W" * LONG_LABEL, " " * 300 + "cat"]  # a lone surrogate first; padding the backend strips
+    saved = next(n for n in workflow["nodes"] if n["id"] == node)
+    saved["widgets_values"][0] = json.dumps([
+        {"x1": 0.05, "y1": 0.1, "x2": 0.6, "y2": 0.5, "label": labels[0]},
+        {"x1": 0.5, "y1": 0.5, "x2": 0.9, "y2": 0.9, "label": labels[1]},
+    ])
+    saved["widgets_values"][3] = "constructor"  # no preset, whatever Object.prototype has
+    started = time.monotonic()
+    load_workflow(driver, workflow, node)
+    assert time.monotonic() - started < 10, "loading the workflow took too long"
+    # the tab keeps drawing frames
+    for _ in range(3):
+        started = time.monotonic()
+        js(driver, "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
+        assert time.monotonic() - started < 2, "the tab stopped drawing frames"
+
+    # capped in the STRING (what the workflow and the prompt carry) as the backend caps: strip, then 200 code points
+    state = wait_for(lambda: (d := debug(driver, node))["rendered"] and d, message="the loaded boxes on the canvas")
+    stored = json.loads(state["value"])
+    assert [b["label"] for b in stored] == [label.strip()[:MAX_LABEL] for label in labels]
+    assert [b["label"] for b in state["rendered"]] == [label.strip()[:MAX_LABEL] for label in labels]
+    assert len(state["value"]) < 2000
+    assert state["error"] is None
+    assert "'constructor' is no preset: choose custom or a preset" in state["notes"]
+    assert_editor_fits_node(driver, node, "long labels")
+    workflow = js(driver, "return app.graph.serialize();")
+    assert json.loads(next(n for n in workflow["nodes"] if n["id"] == node)["widgets_values"][0]) == stored
+
+    # an edit in the JSON view is capped too; the label field cannot take more than the cap
+    element(driver, node, "button.msp-layout-json").click()
+    js(driver, EDITOR + """
+        const view = canvasWidget.element.querySelector('textarea.msp-layout-json-text');
+        view.value = JSON.stringify([{x1: 0.1, y1: 0.1, x2: 0.5, y2: 0.5, label: 'x'.repeat(args[1])}]);
+        view.dispatchEvent(new Event('input', {bubbles: true}));
+    """, node, LONG_LABEL)
+    wait_for(lambda: json.loads(debug(driver, node)["value"])[0]["label"] == "x" * MAX_LABEL, message="the edited label capped")
+    assert element(driver, node, "input.msp-layout-label").get_attribute("maxlength") == str(MAX_LABEL)
+    element(driver, node, "button.msp-layout-json").click()
+
+    # drawing shortens any text with bounded work: a million characters fit in a 100 px tag at once
+    timing = js(driver, """
+        const listed = await (await fetch('/extensions')).json();
+        const url = listed.find((e) => e.endsWith('/layout_drawing.js'));
+        const {fitText} = await import(new URL(url, location.origin).href);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = 'bold 12px sans-serif';
+        const text = 'W'.repeat(1000000);
+        const started = performance.now();
+        const shown = fitText(ctx, text, 100);
+        return {ms: performance.now() - started, width: ctx.measureText(shown).width, length: shown.length};
+    """)
+    assert timing["ms"] < 500 and timing["width"] <= 100 and 2 < timing["length"] < 100, timing
+    screenshot(driver, f"layout_long_labels_{renderer}")
+    assert not severe_logs(driver, EXTENSION_FILE)
+    assert not severe_logs(driver, "layout_")
+
+
 MASK_REGIONS = """
 const [boxId, width, height, regions] = args;
 const graph = app.graph;
@@ -376,21 +650,23 @@ app.canvas.setDirty(true, true);
 """
 
 
-def test_mask_regions_become_the_boxes_of_a_run(browser, comfy_server):
+def test_mask_regions_become_the_boxes_of_a_run(browser, comfy_server, renderer):
     """A real MASK (core mask nodes) wired into the node: the backend boxes its regions, the canvas shows them."""
     driver = browser
-    ids = js(driver, NEW_GRAPH, WIDTH, HEIGHT, False)
+    ids = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)
     node = ids["box"]
     canvas_rect(driver, node)
     labelled = ('[{"x1": 0.1, "y1": 0.1, "x2": 0.3, "y2": 0.3, "label": "dog"},'
                 ' {"x1": 0.5, "y1": 0.5, "x2": 0.9, "y2": 0.9, "label": "cat"}]')
     js(driver, EDITOR + "boxesWidget.value = args[1];", node, labelled)
-    regions = [(448, 64, 256, 192), (64, 128, 192, 256)]  # x, y, w, h in pixels; the right one first
+    # x, y, w, h in pixels; the right one first; moved per renderer (a run identical to an earlier one is cached)
+    shift = {"litegraph": 0, "nodes2": GRID}[renderer]
+    regions = [(448, 64 + shift, 256, 192), (64, 128 + shift, 192, 256)]
     js(driver, MASK_REGIONS, node, WIDTH, HEIGHT, regions)
     entry = queue_from_the_ui(driver, comfy_server)
     used = json.loads(entry["outputs"][str(ids["echo"])]["layout"][0])
     # regions left to right, labels from the drawn boxes, coordinates as fractions of the mask
-    expected = [(64, 128, 192, 256, "dog"), (448, 64, 256, 192, "cat")]
+    expected = [(*regions[1], "dog"), (*regions[0], "cat")]
     assert [b["label"] for b in used] == [label for *_, label in expected]
     for b, (x, y, w, h, _) in zip(used, expected):
         for got, want in ((b["x1"], x / WIDTH), (b["y1"], y / HEIGHT), (b["x2"], (x + w) / WIDTH), (b["y2"], (y + h) / HEIGHT)):
