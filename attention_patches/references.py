@@ -1,12 +1,7 @@
-"""Subjects as Encode Reference produces them, and the preparation of reference images.
-
-A subject keeps the raw CLIP-Vision features of each view rather than resampled tokens: the
-resampler needs the subject's box, which is only known at Apply time.
-"""
+"""Preparing reference images for any kind: views, masks, background removal, phrase embeddings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,18 +22,6 @@ IMAGE_ENCODER_FAMILIES = {
     1152: "SigLIP",
     1536: "DINOv2",
 }
-
-
-@dataclass(frozen=True, eq=False)
-class Subject:
-    phrase: str
-    image_features: torch.Tensor  # [V, T, C] CLIP-Vision penultimate hidden states, one row per view
-    phrase_embedding: torch.Tensor  # [D] pooled CLIP-L output of the phrase, unprojected
-    tokenizer: object | None = None  # the CLIP's tokenizer, to find the phrase in the prompt
-
-    @property
-    def feature_dim(self) -> int:
-        return self.image_features.shape[-1]
 
 
 def image_encoder_family(width: int) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from .ms_diffusion import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
-from .safe_load import CheckpointError, read_tensors
+from .safe_load import CheckpointError, foreign_format, read_tensors
 
 log = logging.getLogger("comfyui_multisubject.models")
 
@@ -34,13 +34,6 @@ REQUIRED_RESAMPLER_KEYS = (
     "proj_in.weight", "attention_norm.weight", "proj_out.weight", "norm_out.weight",
 )
 ADAPTER_KEY = re.compile(r"^ms_adapter\.(\d+)\.(to_k_ip|to_v_ip)\.weight$")
-FOREIGN_FORMATS = (
-    ("ip_adapter.", "an IP-Adapter model; MS-Diffusion needs ms_adapter.bin from the MS-Diffusion release"),
-    ("model.diffusion_model.", "a Stable Diffusion checkpoint; put it in models/checkpoints"),
-    ("vision_model.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
-    ("visual.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
-    ("lora_unet_", "a LoRA; load it with a LoRA loader"),
-)
 
 
 class SubjectEncoderFormatError(CheckpointError):
@@ -61,9 +54,9 @@ def split_state_dict(flat: dict[str, torch.Tensor], name: str = "checkpoint") ->
         if match:
             layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
     if not resampler or not layers:
-        for prefix, what in FOREIGN_FORMATS:
-            if any(k.startswith(prefix) for k in flat):
-                raise SubjectEncoderFormatError(f"{name} is {what}, not an MS-Diffusion subject encoder.")
+        what = foreign_format(flat)
+        if what:
+            raise SubjectEncoderFormatError(f"{name} is {what}, not an MS-Diffusion subject encoder.")
         raise SubjectEncoderFormatError(f"{name} is not an MS-Diffusion checkpoint: {EXPECTED_LAYOUT}.")
     missing = [k for k in REQUIRED_RESAMPLER_KEYS if k not in resampler]
     if missing:

@@ -15,6 +15,14 @@ from safetensors import SafetensorError, safe_open
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 SAFETENSORS_SUFFIX = ".safetensors"
+# What a file is when its keys start like this, for errors that tell users where it belongs.
+FOREIGN_FORMATS = (
+    ("ip_adapter.", "an IP-Adapter model (load it with an IP-Adapter pack)"),
+    ("model.diffusion_model.", "a Stable Diffusion checkpoint; put it in models/checkpoints"),
+    ("vision_model.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
+    ("visual.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
+    ("lora_unet_", "a LoRA; load it with a LoRA loader"),
+)
 
 
 class CheckpointError(ValueError):
@@ -58,6 +66,14 @@ def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) 
         except (SafetensorError, OSError, ValueError) as e:
             raise error(f"{path.name} is truncated or not a valid .safetensors file ({e}). Download it again.") from e
     return frozenset(read_tensors(path, error)[0])
+
+
+def foreign_format(keys) -> str | None:
+    """What kind of other model a file with these keys is, or None."""
+    for prefix, what in FOREIGN_FORMATS:
+        if any(k.startswith(prefix) for k in keys):
+            return what
+    return None
 
 
 def flatten(obj: dict, prefix: str = "") -> dict[str, torch.Tensor]:
