@@ -15,7 +15,7 @@ import torch
 from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
 from msp_package import pack
 
-layer_map = pack("attention_patches.layer_map")
+layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
 patch_mod = pack("attention_patches.patch")
 
 BOXES = [(0.0, 0.25, 0.4, 0.75), (0.6, 0.25, 1.0, 0.75)]

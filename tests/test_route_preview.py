@@ -8,7 +8,7 @@ from msp_package import pack
 
 nodes = pack("nodes")
 route_preview = pack("attention_patches.route_preview")
-layer_map = pack("attention_patches.layer_map")
+layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
 
 SIZE = (128, 192)  # image pixels (height, width)
 BOXES = [(0.05, 0.1, 0.45, 0.9), (0.55, 0.1, 0.95, 0.9), (0.0, 0.0, 1.0, 1.0)]  # the last covers the whole image
