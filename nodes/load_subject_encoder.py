@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
 from .paths import encoder_files, encoder_path
-from .types import CATEGORY, SubjectEncoderSocket
+from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 
 KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
 
@@ -17,6 +17,7 @@ class LoadSubjectEncoder(io.ComfyNode):
             node_id="MSP_LoadSubjectEncoder",
             display_name="Load Subject Encoder",
             category=CATEGORY,
+            **SEARCHABLE,
             description="Loads a subject encoder; its kind is recognised from the file's keys. "
             f"Folders: {KNOWN_FILES}.",
             inputs=[

@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..attention_patches.route_preview import LATENT_SCALE, render
-from .types import CATEGORY, RoutesSocket
+from .types import CATEGORY, SEARCHABLE, RoutesSocket
 
 NODE_NAME = "Router Mask Preview"
 FINAL = "final"
@@ -64,6 +64,7 @@ class RouterMaskPreview(io.ComfyNode):
             node_id="MSP_RouterMaskPreview",
             display_name=NODE_NAME,
             category=CATEGORY,
+            **SEARCHABLE,
             description="Shows each subject's route in its own colour: the layout's boxes at every UNet resolution "
             "and, after sampling with auto routing, the routes the model used. MASK outputs one mask per subject.",
             inputs=[
