@@ -67,27 +67,6 @@ def _fit_mask(mask: torch.Tensor, views: int, height: int, width: int) -> torch.
     return mask.expand(views, -1, -1)
 
 
-def encode_phrase(clip, phrase: str) -> torch.Tensor:
-    """[D] pooled CLIP-L output of ``phrase``, unprojected, as the official pipeline's text_encoder."""
-    model = clip.cond_stage_model
-    clip_l = getattr(model, "clip_l", None)
-    if clip_l is None:
-        raise ValueError(
-            "this CLIP has no CLIP-L text encoder; connect the SDXL checkpoint's CLIP "
-            "(MS-Diffusion encodes each subject's phrase with SDXL's CLIP-L)"
-        )
-    tokens = clip.tokenize(phrase)
-    tokens = tokens.get("l", tokens) if isinstance(tokens, dict) else tokens
-    model.reset_clip_options()
-    model.set_clip_options({"projected_pooled": False})
-    try:
-        clip.load_model()
-        _, pooled = clip_l.encode_token_weights(tokens)[:2]
-    finally:
-        model.reset_clip_options()
-    return pooled[0].float()
-
-
 _sam_cache: dict[str, comfy.model_patcher.ModelPatcher] = {}
 
 

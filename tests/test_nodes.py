@@ -8,6 +8,7 @@ from msp_package import pack
 
 nodes = pack("nodes")
 references = pack("attention_patches.references")
+ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
 
 DOCUMENTED = {
     "MSP_LoadSubjectEncoder": (["encoder_name"], ["MSP_SUBJECT_ENCODER"]),
@@ -54,7 +55,7 @@ def test_phrase_is_clip_l_unprojected_pooled_output(tiny_clip):
         ids = tokenizer(phrase, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             expected = reference(ids).pooler_output[0]
-        assert torch.allclose(references.encode_phrase(tiny_clip, phrase), expected, atol=1e-4)
+        assert torch.allclose(ms_diffusion.encode_phrase(tiny_clip, phrase), expected, atol=1e-4)
     # the CLIP's options are left as they were
     assert tiny_clip.cond_stage_model.clip_l.return_projected_pooled is True
 

@@ -19,7 +19,7 @@ from ....models.loader import SubjectEncoderFormatError, load_encoder
 from ....models.ms_diffusion import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
-from ...references import blank_background, encode_phrase, image_encoder_family
+from ...references import blank_background, image_encoder_family
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
@@ -38,11 +38,33 @@ class EncodedSubject:
         return self.image_features.shape[-1]
 
 
+def encode_phrase(clip, phrase: str) -> torch.Tensor:
+    """[D] pooled CLIP-L output of ``phrase``, unprojected, as the official pipeline's text_encoder."""
+    model = clip.cond_stage_model
+    clip_l = getattr(model, "clip_l", None)
+    if clip_l is None:
+        raise ValueError(
+            "this CLIP has no CLIP-L text encoder; connect the SDXL checkpoint's CLIP "
+            "(MS-Diffusion encodes each subject's phrase with SDXL's CLIP-L)"
+        )
+    tokens = clip.tokenize(phrase)
+    tokens = tokens.get("l", tokens) if isinstance(tokens, dict) else tokens
+    model.reset_clip_options()
+    model.set_clip_options({"projected_pooled": False})
+    try:
+        clip.load_model()
+        _, pooled = clip_l.encode_token_weights(tokens)[:2]
+    finally:
+        model.reset_clip_options()
+    return pooled[0].float()
+
+
 class MSDiffusionSDXL(SubjectEncoder):
     kind = "ms_diffusion_sdxl"
     title = "MS-Diffusion (SDXL)"
     base_model = "SDXL"
     model_folders = ("msdiffusion",)
+    where_to_get = "ms_adapter.bin from the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion)"
     preview_downscales = SDXL_DOWNSCALES
 
     def __init__(self, name: str, module: MSDiffusionEncoder, patcher: comfy.model_patcher.ModelPatcher):
