@@ -390,6 +390,112 @@ def test_the_real_frontend_loads_every_example_and_converts_it_as_the_converter_
             assert saved == {n["id"]: n["widgets_values"] for n in workflow["nodes"]}, f"{path.name}: the frontend changed widget values"
 
 
+SHOW_EXAMPLE = """
+const [workflow] = args;
+await window.app.loadGraphData(workflow, true, true, 'example');
+window.app.canvas.setDirty(true, true);
+for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+const canvas = window.app.canvas.canvas, rect = canvas.getBoundingClientRect(), ds = window.app.canvas.ds;
+const screen = (x, y) => [rect.left + (x + ds.offset[0]) * ds.scale, rect.top + (y + ds.offset[1]) * ds.scale];
+const titleHeight = window.LiteGraph.NODE_TITLE_HEIGHT;
+const covered = [];
+const spots = [
+  ...window.app.graph.groups.map((g) => [`group '${g.title}'`, g.pos[0] + 12, g.pos[1] + 12]),
+  ...window.app.graph.nodes.map((n) => [`node ${n.id} (${n.type})`, n.pos[0] + 12, n.pos[1] - titleHeight / 2]),
+];
+for (const [what, x, y] of spots) {
+  const [sx, sy] = screen(x, y);
+  if (sx < 0 || sy < 0 || sx >= window.innerWidth || sy >= window.innerHeight) continue;  // scrolled out, not covered
+  const found = document.elementFromPoint(sx, sy);
+  if (found !== canvas) covered.push([what, Math.round(sx), Math.round(sy), found ? `${found.tagName}.${found.className}` : null]);
+}
+const view = {scale: ds.scale, offset: [...ds.offset]};
+const box = window.app.graph.nodes.find((n) => n.type === 'MSP_DrawLayoutBox');
+ds.offset = [200 / ds.scale - box.pos[0], 200 / ds.scale - box.pos[1]];  // the box editor on screen, to measure it
+window.app.canvas.setDirty(true, true);
+for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+const right = screen(box.pos[0] + box.size[0], 0)[0];
+const field = (name) => document.querySelector(`.msp-layout-${name}`)?.getBoundingClientRect();
+const label = field('label'), y2 = field('y2');
+return {view, covered, labelWidth: label && label.width / ds.scale,
+        y2Right: y2 && y2.right, nodeRight: right};
+"""
+
+
+@browser_support.requires_browser
+def test_the_examples_open_readable_in_the_real_frontend(examples_server, tmp_path):
+    """Saved view: nothing of the top row under the menu or tab bar; the box editor's fields fit its node."""
+    with browser_support.browser_session(examples_server, tmp_path / "profile") as driver:
+        for path in EXAMPLES:
+            workflow = load_workflow(path)
+            shown = browser_support.js(driver, SHOW_EXAMPLE, workflow)
+            assert shown["view"] == workflow["extra"]["ds"], path.name  # the saved view is the one opened
+            assert shown["covered"] == [], f"{path.name}: hidden under the frontend's bars: {shown['covered']}"
+            assert shown["labelWidth"] >= 120, (path.name, shown)  # room to type a phrase
+            assert shown["y2Right"] <= shown["nodeRight"], (path.name, shown)  # x1..y2 inside the node
+
+
+def test_every_example_has_the_thumbnail_the_template_browser_asks_for(examples_server, tmp_path):
+    """The frontend requests /api/workflow_templates/<pack>/<name>.jpg; the committed files are the script's output."""
+    import numpy as np
+
+    import make_thumbnails
+
+    assert make_thumbnails.main(["--out", str(tmp_path)]) == 0
+    for path in EXAMPLES:
+        committed = EXAMPLES_DIR / f"{path.stem}.jpg"
+        assert committed.exists(), f"run scripts/make_thumbnails.py: {committed.name} is missing"
+        served = Image.open(io.BytesIO(examples_server.read(f"/api/workflow_templates/{PACK_LINK}/{path.stem}.jpg")))
+        assert served.format == "JPEG" and served.size == (make_thumbnails.SIZE, make_thumbnails.SIZE)
+        assert committed.stat().st_size < 40_000  # small
+        fresh = np.asarray(Image.open(tmp_path / committed.name), dtype=np.int16)
+        assert np.abs(np.asarray(served, dtype=np.int16) - fresh).mean() < 1.0, f"{committed.name} is stale: run the script"
+
+
+NODE_TITLE_HEIGHT = 30  # LiteGraph's, in canvas units
+GROUP_TITLE_HEIGHT = 34  # a group title at font size 24
+MODEL_FILE = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def rectangle(node: dict) -> tuple[float, float, float, float]:
+    """x1, y1, x2, y2 of a node with its title bar."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - NODE_TITLE_HEIGHT, x + w, y + h
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_layout_nothing_hides_anything(path):
+    workflow = load_workflow(path)
+    nodes = workflow["nodes"]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            assert not overlap(rectangle(a), rectangle(b)), (path.name, a["id"], b["id"])
+    for group in workflow["groups"]:
+        x, y, w, h = group["bounding"]
+        title_bar = (x, y, x + w, y + GROUP_TITLE_HEIGHT)
+        for node in nodes:
+            assert not overlap(rectangle(node), title_bar), (path.name, group["title"], node["id"])
+    layout_box = by_type(workflow, "MSP_DrawLayoutBox")[0]
+    assert layout_box["size"][0] >= 540, path.name  # label field + x1, y1, x2, y2 in one row
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(path, examples_server):
+    """The frontend lists node.properties.models entries whose name is one of the node's widget values."""
+    folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
+    for node in load_workflow(path)["nodes"]:
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_FILE)]
+        listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+        for name in files:
+            assert name in listed, (path.name, node["type"], name)
+            assert listed[name]["url"].startswith("https://huggingface.co/") and listed[name]["url"].endswith("/" + name)
+            assert listed[name]["directory"] in folders, (path.name, listed[name])
+
+
 # ------------------------------------------------------------------ the converter on a hand-made workflow
 
 OBJECT_INFO = {
