@@ -47,6 +47,7 @@ class Reference:
     clip: Any = None
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
+    mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
 
     @property
     def query_text(self) -> str:
