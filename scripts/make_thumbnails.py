@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attention_patches.layout import make_layout  # noqa: E402
+from attention_patches.layout import Layout, LayoutBox, make_layout  # noqa: E402
 from attention_patches.route_preview import colour  # noqa: E402
 
 EXAMPLES = ROOT / "example_workflows"
@@ -72,10 +72,19 @@ def wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def example_layout(workflow: dict) -> Layout:
+    """The example's layout; without a Draw Layout Box, every subject on the whole image (as such a kind routes)."""
+    box_node = next((n for n in workflow["nodes"] if n["type"] == "MSP_DrawLayoutBox"), None)
+    if box_node is not None:
+        return make_layout(*box_node["widgets_values"][:4])
+    phrases = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MSP_EncodeReference"]
+    width, height = next(n["widgets_values"][:2] for n in workflow["nodes"] if n["type"] == "EmptyLatentImage")
+    return Layout(tuple(LayoutBox(0.0, 0.0, 1.0, 1.0, phrase) for phrase in phrases), width, height)
+
+
 def thumbnail(workflow: dict) -> Image.Image:
-    box_node = next(n for n in workflow["nodes"] if n["type"] == "MSP_DrawLayoutBox")
-    boxes, width, height, preset = box_node["widgets_values"][:4]
-    layout = make_layout(boxes, width, height, preset)
+    layout = example_layout(workflow)
+    width, height = layout.width, layout.height
     image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     draw = ImageDraw.Draw(image)
     title_font, label_font, small_font = (ImageFont.load_default(size=s) for s in (26, 18, 15))
@@ -103,9 +112,12 @@ def thumbnail(workflow: dict) -> Image.Image:
         shade.rectangle((x1, y1, x2, y2), fill=(*colour(s), 70), outline=(*colour(s), 255), width=3)
     image.paste(Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB"))
     draw = ImageDraw.Draw(image)
+    stacked = {}  # labels of boxes with the same corner (the whole image) one under the other
     for s, box in by_area:
         text = f"{s + 1} {box.label}".strip()
-        x, y = left + box.x1 * canvas_w + 6, upper + box.y1 * canvas_h + 5
+        corner = (box.x1, box.y1)
+        x, y = left + box.x1 * canvas_w + 6, upper + box.y1 * canvas_h + 5 + 26 * stacked.get(corner, 0)
+        stacked[corner] = stacked.get(corner, 0) + 1
         tw = draw.textlength(text, font=label_font)
         draw.rectangle((x - 3, y - 2, x + tw + 3, y + 21), fill=colour(s))
         draw.text((x, y), text, fill=(0, 0, 0), font=label_font)
