@@ -1,8 +1,8 @@
 """Warnings for graphs that run but ground a subject poorly: its phrase missing from the positive prompt,
 or its box labelled with another phrase.
 
-The phrase is what grounds a subject (its tokens in the prompt, its phrase embedding), so both cases
-run silently otherwise. Warnings go to the log and, while the node runs, to the node itself in the
+With MS-Diffusion the phrase is what grounds a subject (its tokens in the prompt, its phrase
+embedding), so both cases would otherwise run silently with a weaker or misplaced subject. Warnings go to the log and, while the node runs, to the node itself in the
 frontend (ComfyUI's progress text under the node).
 """
 
@@ -93,7 +93,8 @@ def subject_warnings(phrases: list[str], labels: list[str], positive_texts: list
         for number, phrase in enumerate(phrases, start=1):
             if not any(mentions(text, phrase) for text in positive_texts):
                 warnings.append(f"subject {number}'s phrase {quoted(phrase)} is not in the positive prompt: "
-                                "put it there (the phrase is what grounds the subject), or change the phrase")
+                                "mention it there (MS-Diffusion grounds each subject by its phrase in the prompt), "
+                                "or change the phrase to the prompt's word for it")
     for number, (phrase, label) in enumerate(zip(phrases, labels), start=1):
         if label and label.strip().lower() != phrase.lower():
             warnings.append(f"box {number} is labelled {quoted(label)} but subject {number} is {quoted(phrase)}: "
