@@ -12,6 +12,7 @@ from .types import CATEGORY, SEARCHABLE, RoutesSocket
 NODE_NAME = "Router Mask Preview"
 FINAL = "final"
 MAX_LISTED_STEPS = 8
+MAX_STEPS_TEXT = 4000  # characters of 'steps' read: bounded work whatever is typed
 
 log = logging.getLogger("comfyui_multisubject")
 
@@ -24,8 +25,8 @@ def parse_steps(text: str, recorded: list[int]) -> tuple[list[int], list[int]]:
     nothing) is reported in the preview rather than failing the run; 'final' with nothing recorded shows
     the boxes.
     """
-    chosen, missing = [], []
-    for part in (p.strip().lower() for p in text.split(",")):
+    chosen, missing, known = [], [], set(recorded)
+    for part in (p.strip().lower() for p in text[:MAX_STEPS_TEXT].split(",")):
         if not part:
             continue
         if part == FINAL:
@@ -37,8 +38,8 @@ def parse_steps(text: str, recorded: list[int]) -> tuple[list[int], list[int]]:
                 step = int(part) - 1
             except ValueError:
                 raise ValueError(f"{NODE_NAME}: steps must be 'final' or step numbers like '5, 10, final'; got '{part}'") from None
-            if step not in recorded:
-                if step not in missing:
+            if step not in known:
+                if step not in missing and len(missing) <= MAX_LISTED_STEPS:
                     missing.append(step)
                 continue
         if step not in chosen:
@@ -50,11 +51,29 @@ def missing_steps_note(missing: list[int], recorded: list[int]) -> str:
     """One line for the preview and the log: which steps could not be shown, and why."""
     shown = ", ".join(str(step + 1) for step in missing[:MAX_LISTED_STEPS])
     if len(missing) > MAX_LISTED_STEPS:
-        shown += f" and {len(missing) - MAX_LISTED_STEPS} more"
+        shown += " and more"
     shown = f"step{'s' if len(missing) > 1 else ''} {shown}"
     if not recorded:
-        return f"{shown} not shown: per-step routes exist only with auto routing (box routes shown)"
+        return f"{shown} not shown: per-step routes exist only with auto routing or a learned router (box routes shown)"
     return f"{shown} not shown: the last run recorded steps {recorded[0] + 1} to {recorded[-1] + 1}"
+
+
+MAX_LAYERS_SHOWN = 8
+
+
+def parse_layers(text: str, recorded: list[str]) -> list[str]:
+    """Chosen recorded layer names from 'double_blocks.0, single_blocks.3' (empty: all layers)."""
+    chosen = []
+    for part in (p.strip() for p in text[:4000].split(",")):
+        if not part:
+            continue
+        if part not in recorded:
+            known = ", ".join(recorded[:MAX_LAYERS_SHOWN]) + (", ..." if len(recorded) > MAX_LAYERS_SHOWN else "")
+            shown = part[:60].encode("unicode_escape").decode("ascii")
+            raise ValueError(f"{NODE_NAME}: layer '{shown}' was not recorded; recorded layers: {known or 'none'}")
+        if part not in chosen:
+            chosen.append(part)
+    return chosen
 
 
 class RouterMaskPreview(io.ComfyNode):
@@ -73,25 +92,30 @@ class RouterMaskPreview(io.ComfyNode):
                 io.Image.Input("image", optional=True, tooltip="draw the routes over this image (e.g. the decoded result)"),
                 io.String.Input("steps", default=FINAL, optional=True,
                                 tooltip="which sampling steps of the dynamic routes to show (counted from 1): 'final' or e.g. '5, 10, final'"),
+                io.String.Input("layers", default="", optional=True,
+                                tooltip="learned routes (AnyStory): which blocks to average, e.g. 'double_blocks.0, single_blocks.37'; "
+                                "empty = all"),
             ],
             outputs=[io.Image.Output(display_name="preview"), io.Mask.Output(display_name="masks")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, routes, latent, image=None, steps: str = FINAL) -> io.NodeOutput:
+    def execute(cls, routes, latent, image=None, steps: str = FINAL, layers: str = "") -> io.NodeOutput:
         latent_h, latent_w = latent["samples"].shape[-2:]
         height, width = (image.shape[1], image.shape[2]) if image is not None else (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
         recorded = routes.recorder.steps if routes.recorder is not None else []
         static = sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)
         panels = [(f"boxes {h}x{w}", r) for (h, w), r in static]
         chosen, missing = parse_steps(steps, recorded)
+        picked = parse_layers(layers, routes.recorder.layers if routes.recorder is not None else [])
+        where = f" {', '.join(picked)}" if picked and len(picked) <= 2 else (f" {len(picked)} blocks" if picked else "")
         for step in chosen:
-            for (h, w), r in sorted(routes.recorder.routes_at(step).items(), reverse=True):
-                panels.append((f"step {step + 1} {h}x{w}", r))
+            for (h, w), r in sorted(routes.recorder.routes_at(step, picked).items(), reverse=True):
+                panels.append((f"step {step + 1}{where} {h}x{w}", r))
         notes = [missing_steps_note(missing, recorded)] if missing else []
         for note in notes:
             log.warning("%s: %s", NODE_NAME, note)
-        masks = routes.image_masks(height, width, chosen[-1] if chosen else None)
+        masks = routes.image_masks(height, width, chosen[-1] if chosen else None, picked)
         sheet = render(panels, routes.phrases, (height, width), image, columns=len(static), notes=notes)
         return io.NodeOutput(sheet, masks.to(torch.float32), ui=ui.PreviewImage(sheet, cls=cls))
