@@ -1,6 +1,7 @@
 """Router Mask Preview: see where each subject was routed, and reuse the routes as masks."""
 
 import logging
+import math
 
 import torch
 
@@ -117,5 +118,7 @@ class RouterMaskPreview(io.ComfyNode):
         for note in notes:
             log.warning("%s: %s", NODE_NAME, note)
         masks = routes.image_masks(height, width, chosen[-1] if chosen else None, picked)
-        sheet = render(panels, routes.phrases, (height, width), image, columns=len(static), notes=notes)
+        # a row per source (boxes, each step) with a column per resolution; one resolution: a square-ish grid
+        columns = len(static) if len(static) > 1 else math.ceil(math.sqrt(len(panels)))
+        sheet = render(panels, routes.phrases, (height, width), image, columns=columns, notes=notes)
         return io.NodeOutput(sheet, masks.to(torch.float32), ui=ui.PreviewImage(sheet, cls=cls))

@@ -54,10 +54,11 @@ def note_title(workflow: dict) -> str:
 
 def features(workflow: dict) -> list[str]:
     types = {node["type"] for node in workflow["nodes"]}
+    layout = ["whole image, no layout"] if "MSP_DrawLayoutBox" not in types else []
     apply = next(n for n in workflow["nodes"] if n["type"] == "MSP_ApplyMultiSubjectAttention")
     values = dict(zip(APPLY_WIDGETS, apply["widgets_values"]))
     settings = {"subject_scales": bool(str(values["subject_scales"]).strip()), "auto_routing": bool(values["auto_routing"])}
-    return [text for key, text in FEATURES if key in types or settings.get(key)]
+    return layout + [text for key, text in FEATURES if key in types or settings.get(key)]
 
 
 def wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
@@ -89,7 +90,7 @@ def thumbnail(workflow: dict) -> Image.Image:
     draw = ImageDraw.Draw(image)
     title_font, label_font, small_font = (ImageFont.load_default(size=s) for s in (26, 18, 15))
     top = MARGIN
-    for line in wrap(draw, note_title(workflow), title_font, SIZE - 2 * MARGIN)[:2]:
+    for line in wrap(draw, note_title(workflow), title_font, SIZE - 2 * MARGIN)[:3]:
         draw.text((MARGIN, top), line, fill=TEXT, font=title_font)
         top += 32
     footer = " · ".join([f"{len(layout.boxes)} subject{'s' if len(layout.boxes) > 1 else ''}", f"{width}x{height}",

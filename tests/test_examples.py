@@ -344,14 +344,15 @@ def test_anystory_preview_shows_the_learned_routes_per_chosen_step_and_block(exa
     prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / "anystory_flux.json"), object_info)
     preview_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
     preview = prompt[preview_id]["inputs"]
-    widths = {}
+    sizes = {}
     for steps, layers in (("final", ""), ("1, final", "double_blocks.0, single_blocks.1")):
         preview.update(steps=steps, layers=layers)
         history = examples_server.run(prompt)
         assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
-        widths[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).width
-    panel = widths["final"] // 2  # the whole-image panel and the learned routes of the last step
-    assert widths["1, final"] == 3 * panel
+        sizes[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).size
+    panel = sizes["final"][0] // 2  # the whole-image panel and the learned routes of the last step, side by side
+    assert sizes["1, final"][0] == 2 * panel  # one resolution: three panels in a 2 x 2 grid...
+    assert sizes["1, final"][1] > sizes["final"][1] + panel  # ...the third on a second row
     preview.update(steps="final", layers="single_blocks.99")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "error"
