@@ -6,6 +6,7 @@ import pytest
 
 from comfy_api.latest import io
 
+import browser_support
 from comfy_runtime import PACK_ROOT
 from msp_package import pack
 
@@ -56,3 +57,33 @@ def test_every_node_is_found_by_the_words_an_artist_types(node_class):
         assert list(node.search_aliases) == list(types.SEARCH_ALIASES)
     else:
         assert types.SEARCHABLE == {}  # older ComfyUI (0.3.75 here) refuses unknown Schema fields
+
+
+SEARCH = """
+const [query] = args;
+const input = document.activeElement;
+input.value = query;
+input.dispatchEvent(new Event('input', {bubbles: true}));
+await new Promise((r) => setTimeout(r, 600));
+return [...document.querySelectorAll('.option-display-name')].map((e) => e.innerText.split('\\n')[0].trim());
+"""
+NAME_QUERIES = {"MSP_": [n.__name__ for n in nodes.NODES], "multi subject": ["ApplyMultiSubjectAttention"],
+                "subject encoder": ["LoadSubjectEncoder"], "encode reference": ["EncodeReference"],
+                "layout box": ["DrawLayoutBox"], "router mask": ["RouterMaskPreview"]}
+
+
+@browser_support.requires_browser
+def test_the_real_node_search_finds_the_nodes_by_the_words_readme_gives(comfy_server, tmp_path):
+    """The embedded frontend (1.32.9) searches node names only: README's words for it find the nodes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    titles = {n.__name__: schema(n).display_name for n in nodes.NODES}
+    with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
+        canvas = driver.find_element("css selector", "#graph-canvas")
+        ActionChains(driver).move_to_element_with_offset(canvas, 120, 120).double_click().perform()
+        browser_support.wait_for(lambda: driver.execute_script("return document.activeElement.tagName") == "INPUT",
+                                 message="the node search box")
+        for query, expected in NAME_QUERIES.items():
+            found = browser_support.js(driver, SEARCH, query)
+            for name in expected:
+                assert titles[name] in found, (query, found)
