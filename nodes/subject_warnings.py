@@ -107,5 +107,5 @@ def show_warnings(node_name: str, node_id: str | None, warnings: list[str]) -> N
     for warning in warnings:
         log.warning("%s: %s", node_name, warning)
     server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
-    if warnings and server is not None and node_id is not None:
-        server.send_progress_text("\n".join(f"⚠ {w}" for w in warnings), str(node_id))
+    if warnings and server is not None and node_id is not None:  # to the client that queued the prompt
+        server.send_progress_text("\n".join(f"⚠ {w}" for w in warnings), str(node_id), getattr(server, "client_id", None))

@@ -2,6 +2,7 @@
 
 import json
 
+import browser_support
 from graphs import out, two_subject_graph
 from msp_package import pack
 
@@ -57,3 +58,25 @@ def test_a_phrase_missing_from_the_prompt_is_shown_on_the_apply_node_and_logged(
     assert "subject 2's phrase 'hat' is not in the positive prompt" in on_apply
     assert "box 2 is labelled 'cat' but subject 2 is 'hat'" in on_apply
     assert "'hat' is not in the positive prompt" in comfy_server.log()
+
+
+SHOW_AND_RUN = """
+const [prompt, applyId] = args;
+window.app.loadApiJson(prompt, 'warnings');
+await window.app.queuePrompt(0, 1);
+const node = window.app.graph.getNodeById(Number(applyId));
+for (let i = 0; i < 1200; i++) {
+  const shown = node.widgets?.find((w) => w.name === '$$node-text-preview');
+  if (shown?.value) return shown.value;
+  await new Promise((r) => setTimeout(r, 100));
+}
+return null;
+"""
+
+
+@browser_support.requires_browser
+def test_the_warning_appears_on_the_apply_node_in_the_real_frontend(comfy_server, tmp_path):
+    prompt = two_subject_graph(phrases=("dog", "hat"), prompt="a dog and a cat on a lawn", preview=False, steps=1).prompt()
+    with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
+        shown = browser_support.js(driver, SHOW_AND_RUN, prompt, apply_id(prompt))
+    assert shown and "subject 2's phrase 'hat' is not in the positive prompt" in shown
