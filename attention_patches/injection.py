@@ -7,8 +7,6 @@ wrapper are the same for every kind.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 import comfy.model_patcher
@@ -21,7 +19,6 @@ from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_s
 from .recorder import RouteRecorder
 from .subject_bank import SubjectBank
 
-log = logging.getLogger("comfyui_multisubject")
 
 def model_context_dim(model) -> int | None:
     config = getattr(model.model, "model_config", None)
@@ -76,11 +73,6 @@ def check_subjects_fit_layout(subjects: tuple[Subject, ...], layout: Layout | No
             f"{len(subjects)} subject(s) ({phrases}) but {len(layout.boxes)} box(es): draw exactly one box per subject, "
             "in the order the Encode Reference nodes are chained"
         )
-    if layout is not None:
-        for number, (subject, box) in enumerate(zip(subjects, layout.boxes), start=1):
-            if box.label and box.label.lower() != subject.phrase.lower():
-                log.warning("box %d is labelled '%s' but subject %d is '%s'; boxes follow subject order",
-                            number, box.label, number, subject.phrase)
     if settings.subject_scales is not None and len(settings.subject_scales) != len(subjects):
         raise SubjectSetupError(
             f"{len(settings.subject_scales)} per-subject scale(s) for {len(subjects)} subject(s): give one scale per subject, "

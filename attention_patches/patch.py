@@ -169,25 +169,42 @@ def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> s
 
 
 class MultiSubjectAttention:
-    """attn2 replace patch for one cross-attention block."""
+    """attn2 replace patch for one cross-attention block.
 
-    def __init__(self, key: AttnKey, routings: tuple[SubjectRouting, ...], base: Callable | None = None):
+    Also speaks the ``.add(callback, **kwargs)`` protocol of the IPAdapter family (IPAdapter+, InstantID,
+    PuLID and forks): a pack that finds a patch on its key adds its callback instead of replacing it. Each
+    callback runs as ``callback(out, q, k, v, extra_options, **kwargs)`` while the step's sigma lies in
+    ``[kwargs["sigma_end"], kwargs["sigma_start"]]`` and its result is added to ``out``, in the order added.
+    """
+
+    def __init__(self, key: AttnKey, routings: tuple[SubjectRouting, ...], base: Callable | None = None,
+                 callbacks: list[tuple[Callable, dict]] | None = None):
         self.key = key
         self.routings = routings
         self.base = base  # a patch another pack (or an earlier node) put on this key
+        self.callbacks = callbacks if callbacks is not None else []  # added later by IPAdapter-family packs
 
     def with_routing(self, routing: SubjectRouting) -> MultiSubjectAttention:
+        """Another Apply on this key: merged, unless callbacks were added since (then it wraps, keeping the order)."""
+        if self.callbacks:
+            return MultiSubjectAttention(self.key, (routing,), base=self)
         return MultiSubjectAttention(self.key, self.routings + (routing,), self.base)
 
+    def add(self, callback: Callable, **kwargs) -> None:
+        """The IPAdapter-family chaining protocol (see the class docstring)."""
+        self.callbacks.append((callback, kwargs))
+
     def __deepcopy__(self, memo):
-        return MultiSubjectAttention(self.key, self.routings, copy.deepcopy(self.base, memo))
+        # ModelPatcher.clone deep-copies model_options: a clone's .add must not reach the model it came from
+        return MultiSubjectAttention(self.key, self.routings, copy.deepcopy(self.base, memo),
+                                     copy.deepcopy(self.callbacks, memo))
 
     def to(self, device_or_dtype):
         """Our tensors are owned by the banks' ModelPatchers; forward the call to a wrapped patch."""
         if self.base is not None and hasattr(self.base, "to"):
             base = self.base.to(device_or_dtype)
             if base is not self.base:
-                return MultiSubjectAttention(self.key, self.routings, base)
+                return MultiSubjectAttention(self.key, self.routings, base, self.callbacks)
         return self
 
     def models(self) -> list:
@@ -197,6 +214,21 @@ class MultiSubjectAttention:
         return models
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        out = self._routed(q, k, v, extra_options)
+        if self.callbacks:
+            out = self._add_callbacks(out, q, k, v, extra_options)
+        return out
+
+    def _add_callbacks(self, out, q, k, v, extra_options: dict) -> torch.Tensor:
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.detach()[0]) if sigmas is not None else float("inf")
+        for callback, kwargs in self.callbacks:
+            if kwargs.get("sigma_end", -float("inf")) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out.to(q.dtype)
+
+    def _routed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """The wrapped patch (or text attention) plus every active routing's image branch."""
         heads = extra_options["n_heads"]
 
         def attention(q_, k_, v_):

@@ -1,8 +1,8 @@
 """What Router Mask Preview shows: the static routes of the layout and the routes the model used.
 
 ``RoutePlan`` is the ROUTES socket's payload. Rendering draws every subject in its own colour
-(the canvas widget's palette) with a legend of phrases, one panel per attention resolution
-and chosen step.
+(the canvas widget's palette), outlined so it shows on any image, with a legend of phrases: a
+grid with one row per source (the boxes, each chosen step) and one column per attention resolution.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ CAPTION_HEIGHT = 22
 LEGEND_ROW_HEIGHT = 22
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
+NOTE = (255, 200, 90)
+HALO = (0, 0, 0)
+OUTLINE_WIDTH = 2  # pixels of each route's outline (and of the dark halo around it)
+MIN_SHEET_WIDTH = 640  # room for a note line under narrow panels
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,21 +65,43 @@ def colour(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
+def outlines(routes: torch.Tensor, width: int = OUTLINE_WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
+    """([S, H, W] inner edge, [S, H, W] halo just around it) of each route (covered where > 0.5)."""
+    covered = (routes > 0.5).float()[:, None]
+    inner = covered
+    for _ in range(width):
+        inner = -F.max_pool2d(-F.pad(inner, (1, 1, 1, 1)), 3, stride=1)  # erode by one pixel; the image edge counts as outside
+    edge = covered - inner
+    halo = F.max_pool2d(edge, 2 * width + 1, stride=1, padding=width) * (1 - edge)
+    return edge[:, 0] > 0, halo[:, 0] > 0
+
+
 def paint(routes: torch.Tensor, size: tuple[int, int], backdrop: np.ndarray | None) -> np.ndarray:
-    """[S, h, w] routes -> [H, W, 3] uint8, each subject in its colour, over ``backdrop`` if given."""
+    """[S, h, w] routes -> [H, W, 3] uint8, each subject in its colour, over ``backdrop`` if given.
+
+    Every route gets an outline in its colour inside a dark halo, so each colour stays visible on any
+    image (a green route on a green photo shows its dark halo, on a black one its colour).
+    """
     height, width = size
-    up = F.interpolate(routes[None].float(), size=(height, width), mode="nearest")[0].clamp(0, 1).numpy()
+    up = F.interpolate(routes[None].float(), size=(height, width), mode="nearest")[0].clamp(0, 1)
     colours = np.array([colour(i) for i in range(up.shape[0])], dtype=np.float32)
-    coverage = up.max(axis=0, initial=0.0)[..., None]
-    tint = np.einsum("shw,sc->hwc", up, colours) / np.maximum(up.sum(axis=0), 1e-6)[..., None]
+    weights = up.numpy()
+    coverage = weights.max(axis=0, initial=0.0)[..., None]
+    tint = np.einsum("shw,sc->hwc", weights, colours) / np.maximum(weights.sum(axis=0), 1e-6)[..., None]
     base = np.full((height, width, 3), BACKGROUND, np.float32) if backdrop is None else backdrop.astype(np.float32)
     opacity = OVERLAY_OPACITY if backdrop is not None else 1.0
-    return (base * (1 - opacity * coverage) + tint * opacity * coverage).clip(0, 255).astype(np.uint8)
+    out = base * (1 - opacity * coverage) + tint * opacity * coverage
+    if up.shape[0]:
+        edges, halos = (m.numpy() for m in outlines(up))
+        out[halos.any(axis=0)] = HALO
+        for s in range(up.shape[0]):
+            out[edges[s]] = colours[s]
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], size: tuple[int, int],
-           overlay: torch.Tensor | None = None) -> torch.Tensor:
-    """A [1, H, W, 3] sheet: captioned panels side by side, a legend of phrases below."""
+           overlay: torch.Tensor | None = None, columns: int = 0, notes: list[str] = ()) -> torch.Tensor:
+    """A [1, H, W, 3] sheet: captioned panels in a grid of ``columns`` (0: one row), the legend and notes below."""
     height, width = size
     scale = min(1.0, MAX_PANEL_SIDE / max(height, width))
     panel_h, panel_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -84,15 +110,24 @@ def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], siz
         picture = overlay[0, ..., :3].movedim(-1, 0)[None].float()
         backdrop = (F.interpolate(picture, size=(panel_h, panel_w), mode="bilinear", align_corners=False)[0]
                     .movedim(0, -1).clamp(0, 1).numpy() * 255)
+    columns = min(columns or len(panels), len(panels)) or 1
+    rows = -(-len(panels) // columns)
+    cell_h = CAPTION_HEIGHT + panel_h
     legend_h = LEGEND_ROW_HEIGHT * max(1, len(phrases)) + 6
-    sheet = Image.new("RGB", (panel_w * len(panels), CAPTION_HEIGHT + panel_h + legend_h), BACKGROUND)
+    notes_h = LEGEND_ROW_HEIGHT * len(notes)
+    sheet_w = max(panel_w * columns, MIN_SHEET_WIDTH if notes else 0)
+    sheet = Image.new("RGB", (sheet_w, cell_h * rows + legend_h + notes_h), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=14)
     for i, (caption, routes) in enumerate(panels):
-        sheet.paste(Image.fromarray(paint(routes, (panel_h, panel_w), backdrop)), (i * panel_w, CAPTION_HEIGHT))
-        draw.text((i * panel_w + 4, 3), caption, fill=TEXT, font=font)
+        left, top = (i % columns) * panel_w, (i // columns) * cell_h
+        sheet.paste(Image.fromarray(paint(routes, (panel_h, panel_w), backdrop)), (left, top + CAPTION_HEIGHT))
+        draw.text((left + 4, top + 3), caption, fill=TEXT, font=font)
     for s, phrase in enumerate(phrases):
-        top = CAPTION_HEIGHT + panel_h + 4 + s * LEGEND_ROW_HEIGHT
-        draw.rectangle((6, top + 3, 20, top + 17), fill=colour(s))
+        top = cell_h * rows + 4 + s * LEGEND_ROW_HEIGHT
+        draw.rectangle((5, top + 2, 21, top + 18), fill=HALO, outline=TEXT)
+        draw.rectangle((7, top + 4, 19, top + 16), fill=colour(s))
         draw.text((28, top + 2), f"{s + 1}  {phrase}", fill=TEXT, font=font)
+    for n, note in enumerate(notes):
+        draw.text((6, cell_h * rows + legend_h + n * LEGEND_ROW_HEIGHT + 2), note, fill=NOTE, font=font)
     return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0)[None]

@@ -9,7 +9,8 @@ from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrase
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
 from .route_capture import routes_consumed
-from .types import CATEGORY, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
+from .subject_warnings import positive_prompts, show_warnings, subject_warnings
+from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
 
 NODE_NAME = "Apply Multi-Subject Attention"
 
@@ -32,12 +33,14 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             node_id="MSP_ApplyMultiSubjectAttention",
             display_name=NODE_NAME,
             category=CATEGORY,
+            **SEARCHABLE,
             description="The subjects join the MODEL's attention, each routed to its box (MS-Diffusion: every SDXL "
             "cross-attention). Returns a patched clone of the MODEL for any sampler.",
             inputs=[
-                io.Model.Input("model"),
-                SubjectEncoderSocket.Input("subject_encoder"),
-                SubjectsSocket.Input("subjects"),
+                io.Model.Input("model", tooltip="the checkpoint's MODEL (after any LoRA); a patched clone is returned, "
+                               "this one stays as it is"),
+                SubjectEncoderSocket.Input("subject_encoder", tooltip="from Load Subject Encoder (e.g. ms_adapter.bin)"),
+                SubjectsSocket.Input("subjects", tooltip="from the last Encode Reference of the chain: subject i goes in box i"),
                 LayoutSocket.Input("layout", optional=True,
                                    tooltip="one box per subject, in subject order (required by MS-Diffusion; other kinds "
                                    "act on the whole image without it)"),
@@ -46,17 +49,25 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
                 io.String.Input("subject_scales", default="", optional=True,
                                 tooltip="one strength per subject, e.g. '0.5, 0.9'; replaces scale when given"),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="FastComposer: where the fused people start (1 - alpha; 0 = the official demo's 0.25)"),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
+                               tooltip="the subjects act from this point of the sampling (0 = the first step; FastComposer: "
+                               "where the fused people start, 0 = the official demo's switch)"),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="the subjects act until this point of the sampling (1 = the last step)"),
                 io.Boolean.Input("drop_grounding", default=False,
                                  tooltip="ignore phrase and box when resampling (MS-Diffusion's drop_grounding_tokens)"),
                 io.Boolean.Input("auto_routing", default=False, optional=True,
-                                 tooltip="refine routes from the model's attention to each phrase (pseudo layout)"),
+                                 tooltip="AUTO ROUTING on/off: refine each subject's route from the model's own attention "
+                                 "to its phrase (a pseudo layout) instead of keeping to the boxes. The next three inputs "
+                                 "are used only when this is on"),
                 io.String.Input("prompt", multiline=True, default="", optional=True,
-                                tooltip="auto routing and FastComposer: the positive prompt text, to find each subject's phrase"),
-                io.Float.Input("mask_threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True),
+                                tooltip="AUTO ROUTING and FastComposer: the positive prompt text, to find each subject's "
+                                "phrase (wire the same text node into this widget and the positive CLIP Text Encode's text)"),
+                io.Float.Input("mask_threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="AUTO ROUTING only: how strongly a pixel must attend to a phrase to join that "
+                               "subject's route (0.5 as in MS-Diffusion)"),
                 io.Int.Input("start_step", default=5, min=1, max=1000, optional=True,
-                             tooltip="auto routing starts once this many steps have been seen"),
+                             tooltip="AUTO ROUTING only: the boxes route the first steps; the model's own attention "
+                             "takes over once this many steps have been seen"),
                 io.Float.Input("feather", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
                                tooltip="soft box edges, in latent pixels (0 = exact MS-Diffusion boxes)"),
             ],
@@ -90,6 +101,10 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)
         except SubjectSetupError as e:
             raise SubjectSetupError(f"{NODE_NAME}: {e}") from e
+        labels = [box.label for box in layout.boxes] if layout is not None else []
+        positive = positive_prompts(hidden.prompt, hidden.unique_id) if hidden is not None else []
+        node_id = hidden.unique_id if hidden is not None else None
+        show_warnings(NODE_NAME, node_id, subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else [])))
         shown = layout if layout is not None else Layout.whole_image(len(phrases))
         return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 
@@ -97,8 +112,9 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
     def _phrase_tokens(subjects, prompt: str):
         if not prompt.strip():
             raise ValueError(
-                f"{NODE_NAME}: auto routing needs the positive prompt text in 'prompt' (the same text as the positive "
-                "CLIP Text Encode; convert both to an input and share one text node) to find each subject's phrase"
+                f"{NODE_NAME}: auto routing needs the positive prompt text in 'prompt' to find each subject's phrase: "
+                "type the same text as the positive CLIP Text Encode, or drag a link from one text node (e.g. a String "
+                "node) onto both 'prompt' and the CLIP Text Encode's 'text' widget"
             )
         tokenizer = subjects[0].tokenizer if subjects else None
         if tokenizer is None:

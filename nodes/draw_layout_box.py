@@ -6,7 +6,7 @@ from ..attention_patches.layout import (
     CUSTOM_PRESET, PRESETS, Layout, LayoutBox, LayoutError, boxes_from_mask, boxes_to_json, make_layout, parse_boxes,
     preset_boxes,
 )
-from .types import CATEGORY, LayoutSocket
+from .types import CATEGORY, SEARCHABLE, LayoutSocket
 
 DEFAULT_BOXES = boxes_to_json(preset_boxes("two subjects"))
 
@@ -18,6 +18,7 @@ class DrawLayoutBox(io.ComfyNode):
             node_id="MSP_DrawLayoutBox",
             display_name="Draw Layout Box",
             category=CATEGORY,
+            **SEARCHABLE,
             description="One box per subject, in subject order. Coordinates are fractions of the image "
             "(x1, y1, x2, y2; origin top-left), so the layout fits any output size.",
             inputs=[
@@ -31,7 +32,10 @@ class DrawLayoutBox(io.ComfyNode):
                     "preset", options=[CUSTOM_PRESET, *PRESETS], default=CUSTOM_PRESET,
                     tooltip="a layout from MS-Diffusion / MS-Bench instead of the drawn boxes",
                 ),
-                io.Image.Input("image", optional=True, tooltip="shown behind the boxes after a run (not used otherwise)"),
+                io.Image.Input("image", optional=True,
+                               tooltip="a picture to draw the boxes over (shown behind them after a run, not used "
+                               "otherwise): a Load Image of a sketch, a pose or an earlier result. Not this graph's "
+                               "own decoded result: that wire makes a loop, which ComfyUI refuses"),
                 io.Mask.Input("mask", optional=True, tooltip="each connected region (or batch entry) becomes a box"),
             ],
             outputs=[LayoutSocket.Output(display_name="layout")],

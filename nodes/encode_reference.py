@@ -9,7 +9,7 @@ from ..attention_patches.kinds.base import Reference, Subject, SubjectSetupError
 from ..attention_patches.layout import parse_single_box
 from ..attention_patches.references import segment_views, split_reference
 from .paths import SAM_FOLDER
-from .types import CATEGORY, SubjectEncoderSocket, SubjectsSocket
+from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket, SubjectsSocket
 
 NO_BACKGROUND_REMOVAL = "none"
 
@@ -21,6 +21,7 @@ class EncodeReference(io.ComfyNode):
             node_id="MSP_EncodeReference",
             display_name="Encode Reference",
             category=CATEGORY,
+            **SEARCHABLE,
             description="One subject: its reference image(s) and its phrase. Chain several to build the subject list; "
             "their order is the order of the layout boxes. Encoded by the subject encoder's kind (MS-Diffusion: "
             "CLIP-ViT-bigG + SDXL's CLIP-L), here when subject_encoder is connected, otherwise in Apply.",

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..attention_patches.kinds.base import SubjectSetupError
 from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
 from .paths import encoder_files, encoder_path
-from .types import CATEGORY, SubjectEncoderSocket
+from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 
 KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
 WHERE_TO_GET = "; ".join(f"{kind.title}: {kind.where_to_get}" for kind in KINDS if kind.where_to_get)
@@ -19,6 +19,7 @@ class LoadSubjectEncoder(io.ComfyNode):
             node_id="MSP_LoadSubjectEncoder",
             display_name="Load Subject Encoder",
             category=CATEGORY,
+            **SEARCHABLE,
             description="Loads a subject encoder; its kind is recognised from the file's keys. "
             f"Folders: {KNOWN_FILES}.",
             inputs=[

@@ -1,40 +1,62 @@
 """Router Mask Preview: see where each subject was routed, and reuse the routes as masks."""
 
+import logging
+import math
+
 import torch
 
 from comfy_api.latest import io, ui
 
 from ..attention_patches.route_preview import LATENT_SCALE, render
-from .types import CATEGORY, RoutesSocket
+from .types import CATEGORY, SEARCHABLE, RoutesSocket
 
 NODE_NAME = "Router Mask Preview"
 FINAL = "final"
+MAX_LISTED_STEPS = 8
+MAX_STEPS_TEXT = 4000  # characters of 'steps' read: bounded work whatever is typed
+
+log = logging.getLogger("comfyui_multisubject")
 
 
-def parse_steps(text: str, recorded: list[int]) -> list[int]:
-    """Chosen recorded step indices from 'final' or step numbers counted from 1, like '5, 10, final'.
+def parse_steps(text: str, recorded: list[int]) -> tuple[list[int], list[int]]:
+    """(chosen recorded step indices, step indices asked for but not recorded) from 'final' or step numbers
+    counted from 1, like '5, 10, final'.
 
-    Nothing is chosen when nothing was recorded (box routing, or no sampling run yet).
+    A step that was not recorded (beyond the run, or any numbered step with box routing, which records
+    nothing) is reported in the preview rather than failing the run; 'final' with nothing recorded shows
+    the boxes.
     """
-    if not recorded:
-        return []
-    chosen = []
-    for part in (p.strip().lower() for p in text.split(",")):
+    chosen, missing, known = [], [], set(recorded)
+    for part in (p.strip().lower() for p in text[:MAX_STEPS_TEXT].split(",")):
         if not part:
             continue
         if part == FINAL:
+            if not recorded:
+                continue
             step = recorded[-1]
         else:
             try:
                 step = int(part) - 1
             except ValueError:
                 raise ValueError(f"{NODE_NAME}: steps must be 'final' or step numbers like '5, 10, final'; got '{part}'") from None
-            if step not in recorded:
-                raise ValueError(f"{NODE_NAME}: step {step + 1} was not recorded; the last run recorded steps "
-                                 f"{recorded[0] + 1} to {recorded[-1] + 1}")
+            if step not in known:
+                if step not in missing and len(missing) <= MAX_LISTED_STEPS:
+                    missing.append(step)
+                continue
         if step not in chosen:
             chosen.append(step)
-    return chosen
+    return chosen, missing
+
+
+def missing_steps_note(missing: list[int], recorded: list[int]) -> str:
+    """One line for the preview and the log: which steps could not be shown, and why."""
+    shown = ", ".join(str(step + 1) for step in missing[:MAX_LISTED_STEPS])
+    if len(missing) > MAX_LISTED_STEPS:
+        shown += " and more"
+    shown = f"step{'s' if len(missing) > 1 else ''} {shown}"
+    if not recorded:
+        return f"{shown} not shown: per-step routes exist only with auto routing or a learned router (box routes shown)"
+    return f"{shown} not shown: the last run recorded steps {recorded[0] + 1} to {recorded[-1] + 1}"
 
 
 MAX_LAYERS_SHOWN = 8
@@ -62,6 +84,7 @@ class RouterMaskPreview(io.ComfyNode):
             node_id="MSP_RouterMaskPreview",
             display_name=NODE_NAME,
             category=CATEGORY,
+            **SEARCHABLE,
             description="Shows each subject's route in its own colour: the layout's boxes at every UNet resolution "
             "and, after sampling with auto routing, the routes the model used. MASK outputs one mask per subject.",
             inputs=[
@@ -83,13 +106,19 @@ class RouterMaskPreview(io.ComfyNode):
         latent_h, latent_w = latent["samples"].shape[-2:]
         height, width = (image.shape[1], image.shape[2]) if image is not None else (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
         recorded = routes.recorder.steps if routes.recorder is not None else []
-        panels = [(f"boxes {h}x{w}", r) for (h, w), r in sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)]
-        chosen = parse_steps(steps, recorded)
+        static = sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)
+        panels = [(f"boxes {h}x{w}", r) for (h, w), r in static]
+        chosen, missing = parse_steps(steps, recorded)
         picked = parse_layers(layers, routes.recorder.layers if routes.recorder is not None else [])
         where = f" {', '.join(picked)}" if picked and len(picked) <= 2 else (f" {len(picked)} blocks" if picked else "")
         for step in chosen:
             for (h, w), r in sorted(routes.recorder.routes_at(step, picked).items(), reverse=True):
                 panels.append((f"step {step + 1}{where} {h}x{w}", r))
+        notes = [missing_steps_note(missing, recorded)] if missing else []
+        for note in notes:
+            log.warning("%s: %s", NODE_NAME, note)
         masks = routes.image_masks(height, width, chosen[-1] if chosen else None, picked)
-        sheet = render(panels, routes.phrases, (height, width), image)
+        # a row per source (boxes, each step) with a column per resolution; one resolution: a square-ish grid
+        columns = len(static) if len(static) > 1 else math.ceil(math.sqrt(len(panels)))
+        sheet = render(panels, routes.phrases, (height, width), image, columns=columns, notes=notes)
         return io.NodeOutput(sheet, masks.to(torch.float32), ui=ui.PreviewImage(sheet, cls=cls))

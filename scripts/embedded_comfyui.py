@@ -23,6 +23,7 @@ COMFYUI = ROOT / ".runtime" / "ComfyUI"
 TEST_NODES = ROOT / "tests" / "custom_nodes" / "msp_test_nodes"
 PACK_LINK = "comfyui-multisubject"
 BASE_FOLDERS = ("models/msdiffusion", "models/sams", "models/loras", "input", "output", "user")
+PROGRESS_TEXT_FRAME = (3).to_bytes(4, "big")  # ComfyUI's binary websocket event: text shown on a running node
 
 
 class ServerError(RuntimeError):
@@ -132,7 +133,8 @@ class EmbeddedComfyUI:
     def run(self, prompt: dict, timeout: float = 300.0, on_event: Callable[[str, dict], None] | None = None) -> dict:
         """Queue an API prompt and follow its websocket events until it is done; return its history entry.
 
-        ``on_event(type, data)`` sees every JSON event of this prompt (progress, executing, errors).
+        ``on_event(type, data)`` sees every JSON event of this prompt (progress, executing, errors) and the
+        text nodes show while they run ("progress_text", data ``{"node", "text"}``).
         A prompt that has not finished after ``timeout`` seconds raises ServerError.
         """
         import websocket
@@ -152,7 +154,11 @@ class EmbeddedComfyUI:
                 except websocket.WebSocketTimeoutException:
                     raise ServerError(f"the prompt did not finish within {timeout:.0f} s") from None
                 if not isinstance(message, str):
-                    continue  # binary preview frames
+                    if on_event is not None and message[:4] == PROGRESS_TEXT_FRAME:  # text a node shows while it runs
+                        length = int.from_bytes(message[4:8], "big")
+                        on_event("progress_text", {"node": message[8:8 + length].decode(errors="replace"),
+                                                   "text": message[8 + length:].decode(errors="replace")})
+                    continue  # other binary frames: previews
                 event = json.loads(message)
                 kind, data = event.get("type"), event.get("data") or {}
                 if data.get("prompt_id") not in (None, prompt_id):

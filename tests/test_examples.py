@@ -113,7 +113,10 @@ def object_info(examples_server):
 
 
 def shrink(prompt: dict, steps: int = TEST_STEPS) -> dict:
-    """Tiny-model speed: 1/8 of every size, a few steps; auto routing from step 1; step previews within the steps."""
+    """Tiny-model speed: 1/8 of every size, a few steps; auto routing from step 1.
+
+    Router Mask Preview keeps the example's steps: those beyond the shortened run are reported, not failed.
+    """
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind in ("EmptyLatentImage", "MSP_DrawLayoutBox"):
@@ -123,12 +126,6 @@ def shrink(prompt: dict, steps: int = TEST_STEPS) -> dict:
             inputs["steps"] = steps
         elif kind == "MSP_ApplyMultiSubjectAttention" and inputs.get("auto_routing"):
             inputs["start_step"] = 1
-        elif kind == "MSP_RouterMaskPreview":
-            parts = [p.strip() for p in inputs.get("steps", "final").split(",") if p.strip()]
-            kept = [p for p in parts if not p.isdigit() or int(p) < steps]
-            if len(kept) < len(parts):
-                kept.insert(0, str(steps - 1))  # still show one numbered step
-            inputs["steps"] = ", ".join(dict.fromkeys(kept)) or "final"
     return prompt
 
 
@@ -317,6 +314,8 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
     if path.stem == "auto_routing":
         apply = next(n for n in prompt.values() if n["class_type"] == "MSP_ApplyMultiSubjectAttention")
         assert apply["inputs"]["auto_routing"] is True and previews
+        # the example asks for steps 10, 20 and the last; this run has only TEST_STEPS
+        assert f"steps 10, 20 not shown: the last run recorded steps 1 to {TEST_STEPS}" in examples_server.log()
 
 
 def test_a_workflow_saved_before_the_encoder_kinds_still_runs(examples_server, object_info):
@@ -358,14 +357,15 @@ def test_anystory_preview_shows_the_learned_routes_per_chosen_step_and_block(exa
     prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / "anystory_flux.json"), object_info)
     preview_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
     preview = prompt[preview_id]["inputs"]
-    widths = {}
+    sizes = {}
     for steps, layers in (("final", ""), ("1, final", "double_blocks.0, single_blocks.1")):
         preview.update(steps=steps, layers=layers)
         history = examples_server.run(prompt)
         assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
-        widths[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).width
-    panel = widths["final"] // 2  # the whole-image panel and the learned routes of the last step
-    assert widths["1, final"] == 3 * panel
+        sizes[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).size
+    panel = sizes["final"][0] // 2  # the whole-image panel and the learned routes of the last step, side by side
+    assert sizes["1, final"][0] == 2 * panel  # one resolution: three panels in a 2 x 2 grid...
+    assert sizes["1, final"][1] > sizes["final"][1] + panel  # ...the third on a second row
     preview.update(steps="final", layers="single_blocks.99")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "error"
@@ -482,6 +482,119 @@ def test_the_real_frontend_loads_every_example_and_converts_it_as_the_converter_
             assert ours == theirs, path.name
             saved = {n["id"]: n.get("widgets_values") for n in result["saved"]["nodes"]}
             assert saved == {n["id"]: n["widgets_values"] for n in workflow["nodes"]}, f"{path.name}: the frontend changed widget values"
+
+
+SHOW_EXAMPLE = """
+const [workflow] = args;
+await window.app.loadGraphData(workflow, true, true, 'example');
+window.app.canvas.setDirty(true, true);
+for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+const canvas = window.app.canvas.canvas, rect = canvas.getBoundingClientRect(), ds = window.app.canvas.ds;
+const screen = (x, y) => [rect.left + (x + ds.offset[0]) * ds.scale, rect.top + (y + ds.offset[1]) * ds.scale];
+const titleHeight = window.LiteGraph.NODE_TITLE_HEIGHT;
+const covered = [];
+const spots = [
+  ...window.app.graph.groups.map((g) => [`group '${g.title}'`, g.pos[0] + 12, g.pos[1] + 12]),
+  ...window.app.graph.nodes.map((n) => [`node ${n.id} (${n.type})`, n.pos[0] + 12, n.pos[1] - titleHeight / 2]),
+];
+for (const [what, x, y] of spots) {
+  const [sx, sy] = screen(x, y);
+  if (sx < 0 || sy < 0 || sx >= window.innerWidth || sy >= window.innerHeight) continue;  // scrolled out, not covered
+  const found = document.elementFromPoint(sx, sy);
+  if (found !== canvas) covered.push([what, Math.round(sx), Math.round(sy), found ? `${found.tagName}.${found.className}` : null]);
+}
+const view = {scale: ds.scale, offset: [...ds.offset]};
+const box = window.app.graph.nodes.find((n) => n.type === 'MSP_DrawLayoutBox');
+if (!box) return {view, covered};
+ds.offset = [200 / ds.scale - box.pos[0], 200 / ds.scale - box.pos[1]];  // the box editor on screen, to measure it
+window.app.canvas.setDirty(true, true);
+for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+const right = screen(box.pos[0] + box.size[0], 0)[0];
+const field = (name) => document.querySelector(`.msp-layout-${name}`)?.getBoundingClientRect();
+const label = field('label'), y2 = field('y2');
+return {view, covered, labelWidth: label && label.width / ds.scale,
+        y2Right: y2 && y2.right, nodeRight: right};
+"""
+
+
+@browser_support.requires_browser
+def test_the_examples_open_readable_in_the_real_frontend(examples_server, tmp_path):
+    """Saved view: nothing of the top row under the menu or tab bar; the box editor's fields fit its node."""
+    with browser_support.browser_session(examples_server, tmp_path / "profile") as driver:
+        for path in EXAMPLES:
+            workflow = load_workflow(path)
+            shown = browser_support.js(driver, SHOW_EXAMPLE, workflow)
+            assert shown["view"] == workflow["extra"]["ds"], path.name  # the saved view is the one opened
+            assert shown["covered"] == [], f"{path.name}: hidden under the frontend's bars: {shown['covered']}"
+            if by_type(workflow, "MSP_DrawLayoutBox"):
+                assert shown["labelWidth"] >= 120, (path.name, shown)  # room to type a phrase
+                assert shown["y2Right"] <= shown["nodeRight"], (path.name, shown)  # x1..y2 inside the node
+
+
+def test_every_example_has_the_thumbnail_the_template_browser_asks_for(examples_server, tmp_path):
+    """The frontend requests /api/workflow_templates/<pack>/<name>.jpg; the committed files are the script's output."""
+    import numpy as np
+
+    import make_thumbnails
+
+    assert make_thumbnails.main(["--out", str(tmp_path)]) == 0
+    for path in EXAMPLES:
+        committed = EXAMPLES_DIR / f"{path.stem}.jpg"
+        assert committed.exists(), f"run scripts/make_thumbnails.py: {committed.name} is missing"
+        served = Image.open(io.BytesIO(examples_server.read(f"/api/workflow_templates/{PACK_LINK}/{path.stem}.jpg")))
+        assert served.format == "JPEG" and served.size == (make_thumbnails.SIZE, make_thumbnails.SIZE)
+        assert committed.stat().st_size < 40_000  # small
+        fresh = np.asarray(Image.open(tmp_path / committed.name), dtype=np.int16)
+        assert np.abs(np.asarray(served, dtype=np.int16) - fresh).mean() < 1.0, f"{committed.name} is stale: run the script"
+
+
+NODE_TITLE_HEIGHT = 30  # LiteGraph's, in canvas units
+GROUP_TITLE_HEIGHT = 34  # a group title at font size 24
+MODEL_FILE = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def rectangle(node: dict) -> tuple[float, float, float, float]:
+    """x1, y1, x2, y2 of a node with its title bar."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - NODE_TITLE_HEIGHT, x + w, y + h
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_layout_nothing_hides_anything(path):
+    workflow = load_workflow(path)
+    nodes = workflow["nodes"]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            assert not overlap(rectangle(a), rectangle(b)), (path.name, a["id"], b["id"])
+    for group in workflow["groups"]:
+        x, y, w, h = group["bounding"]
+        title_bar = (x, y, x + w, y + GROUP_TITLE_HEIGHT)
+        for node in nodes:
+            assert not overlap(rectangle(node), title_bar), (path.name, group["title"], node["id"])
+    for layout_box in by_type(workflow, "MSP_DrawLayoutBox"):
+        assert layout_box["size"][0] >= 540, path.name  # label field + x1, y1, x2, y2 in one row
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(path, examples_server):
+    """The frontend lists node.properties.models entries whose name is one of the node's widget values, plus the
+    workflow's own "models" (companion files no widget names), each in a folder the server knows, keyed by URL."""
+    folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
+    workflow = load_workflow(path)
+    entries = list(workflow.get("models", []))
+    for node in workflow["nodes"]:
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_FILE)]
+        listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+        for name in files:
+            assert name in listed, (path.name, node["type"], name)
+            entries.append(listed[name])
+    for entry in entries:
+        assert entry["url"].startswith("https://") and entry["directory"] in folders, (path.name, entry)
+    assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
 
 
 # ------------------------------------------------------------------ the converter on a hand-made workflow

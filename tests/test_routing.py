@@ -1,5 +1,7 @@
 """Auto routing (pseudo layout) in the real sampler loop, route capture, and Router Mask Preview."""
 
+import logging
+
 import pytest
 import torch
 
@@ -199,7 +201,7 @@ def test_prompt_handler_flags_previewed_apply_nodes():
     assert route_capture.mark_previewed_routes({"prompt": "junk"}) == {"prompt": "junk"}
 
 
-def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_encoder, subjects, tiny_clip):
+def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_encoder, subjects, tiny_clip, caplog):
     model, routes = apply(tiny_unet, tiny_encoder, subjects)
     latent = {"samples": sample(model, tiny_clip, LATENT, steps=2)}
     sheet, masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent).args
@@ -211,25 +213,32 @@ def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_enco
         assert torch.equal(mask, expected)
     assert routes.recorder is None  # box routes need no capture
     assert sheet.shape[0] == 1 and sheet.shape[2] == 2 * width and sheet.shape[3] == 3  # boxes at both UNet resolutions
-    numbered, same_masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="10, 20, final").args
-    assert torch.equal(numbered, sheet) and torch.equal(same_masks, masks)  # nothing recorded: step numbers show nothing more
+    with caplog.at_level(logging.WARNING, logger="comfyui_multisubject"):
+        numbered, same_masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="10, 20, final").args
+    assert torch.equal(same_masks, masks)  # nothing recorded: the step numbers show no more routes...
+    assert "steps 10, 20 not shown: per-step routes exist only with auto routing" in caplog.text  # ...and say so
+    assert numbered.shape[1] > sheet.shape[1]  # the note, in the preview itself
+    assert torch.equal(numbered[:, :sheet.shape[1], :sheet.shape[2]], sheet)  # the same panels and legend above it
     overlay = torch.full((1, height, width, 3), 0.5)
     tinted, _ = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, image=overlay).args
     assert not torch.equal(tinted, sheet)
 
 
-def test_preview_shows_the_dynamic_routes_at_chosen_steps(tiny_unet, tiny_encoder, subjects, tiny_clip):
+def test_preview_shows_the_dynamic_routes_at_chosen_steps(tiny_unet, tiny_encoder, subjects, tiny_clip, caplog):
     model, routes = auto(tiny_unet, tiny_encoder, subjects)
     latent = {"samples": sample(model, tiny_clip, LATENT, steps=4, prompt=PROMPT)}
     sheet, masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="1, final").args
-    width = LATENT[1] * 8
-    assert sheet.shape[2] == (2 + 2 * 2) * width
+    height, width = LATENT[0] * 8, LATENT[1] * 8
+    assert sheet.shape[2] == 2 * width  # a grid: one column per UNet resolution...
+    assert sheet.shape[1] > 3 * height  # ...one row each for the boxes, step 1 and the final step
     finest = routes.recorder.routes_at(3)[(8, 12)]
     expected = torch.nn.functional.interpolate(finest[None], size=(128, 192), mode="nearest")[0]
     assert torch.equal(masks, expected)
     assert not torch.equal(masks, routes.image_masks(128, 192))
-    with pytest.raises(ValueError, match="step 9 was not recorded"):
-        nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="9")
+    with caplog.at_level(logging.WARNING, logger="comfyui_multisubject"):
+        beyond, beyond_masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="2, 9, 12, final").args
+    assert "steps 9, 12 not shown: the last run recorded steps 1 to 4" in caplog.text  # reported, the run does not fail
+    assert torch.equal(beyond_masks, masks) and beyond.shape[1] > sheet.shape[1]
     with pytest.raises(ValueError, match="'final' or step numbers"):
         nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="last")
 

@@ -1,6 +1,7 @@
 """The pack inside the real ComfyUI server: import, node info, a full graph over HTTP, errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,11 @@ PACK_NODES = ["MSP_LoadSubjectEncoder", "MSP_EncodeReference", "MSP_DrawLayoutBo
 
 
 def test_pack_imports_in_quick_test_for_ci(tmp_path):
+    """Judged by ComfyUI's own lines about the pack's folder, never by any line that merely mentions its name.
+
+    ComfyUI's tracebacks for its audio nodes (torchaudio is not installed) carry the checkout's path, which
+    contains the pack's folder name when the repository is cloned as README says.
+    """
     server = ComfyServer(tmp_path, test_nodes=False)
     result = subprocess.run(
         [sys.executable, "main.py", "--cpu", "--quick-test-for-ci", "--base-directory", str(tmp_path),
@@ -23,10 +29,11 @@ def test_pack_imports_in_quick_test_for_ci(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert server.base.joinpath("custom_nodes", "comfyui-multisubject").exists()
-    import_lines = [line for line in output.splitlines() if "comfyui-multisubject" in line]
-    assert any("seconds" in line for line in import_lines), output[-3000:]
-    assert not any("IMPORT FAILED" in line or "Cannot import" in line for line in import_lines), output[-3000:]
+    pack_folder = server.base / "custom_nodes" / "comfyui-multisubject"
+    assert pack_folder.exists()
+    import_times = re.findall(r"^\s*[\d.]+ seconds( \(IMPORT FAILED\))?: (.+)$", output, flags=re.MULTILINE)
+    assert [failed for failed, path in import_times if path == str(pack_folder)] == [""], output[-3000:]
+    assert f"Cannot import {pack_folder} module" not in output, output[-3000:]
 
 
 def test_object_info_lists_the_nodes(comfy_server):
@@ -85,4 +92,5 @@ def test_adding_a_preview_to_an_auto_routing_graph_captures_the_routes(comfy_ser
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
     preview = next(o["images"][0] for o in history["outputs"].values() if o.get("images") and o["images"][0]["type"] == "temp")
     sheet = Image.open(comfy_server.base / "temp" / preview["subfolder"] / preview["filename"])
-    assert sheet.width == 4 * 192  # boxes at two resolutions + the routes the model used at two resolutions
+    # a grid: the boxes, then the routes the model used, each row at both UNet resolutions
+    assert sheet.width == 2 * 192 and sheet.height > 2 * 128

@@ -1,0 +1,89 @@
+"""What a newcomer reads on the nodes: tooltips, the auto-routing inputs marked, the frontend's current words, search words."""
+
+import re
+
+import pytest
+
+from comfy_api.latest import io
+
+import browser_support
+from comfy_runtime import PACK_ROOT
+from msp_package import pack
+
+nodes = pack("nodes")
+types = pack("nodes.types")
+
+SEARCHED_WORDS = ("multi subject", "subject", "MS-Diffusion", "msdiffusion", "personalization")
+AUTO_ROUTING_INPUTS = ("prompt", "mask_threshold", "start_step")
+
+
+def schema(node_class) -> io.Schema:
+    return node_class.define_schema()
+
+
+def test_every_apply_input_has_a_tooltip_and_the_auto_routing_ones_say_so():
+    inputs = {i.id: i for i in schema(nodes.ApplyMultiSubjectAttention).inputs}
+    for name, spec in inputs.items():
+        assert spec.tooltip and len(spec.tooltip) > 20, name
+    assert inputs["auto_routing"].tooltip.startswith("AUTO ROUTING")
+    for name in AUTO_ROUTING_INPUTS:
+        assert inputs[name].tooltip.startswith("AUTO ROUTING only"), name
+    for name in set(inputs) - set(AUTO_ROUTING_INPUTS) - {"auto_routing"}:
+        assert "AUTO ROUTING" not in inputs[name].tooltip, name
+
+
+def test_draw_layout_box_says_what_its_image_accepts():
+    image = next(i for i in schema(nodes.DrawLayoutBox).inputs if i.id == "image")
+    assert "Load Image" in image.tooltip and "loop" in image.tooltip and "decoded result" in image.tooltip
+    readme = (PACK_ROOT / "README.md").read_text()
+    assert re.search(r"\| `image` \(optional\) \| a picture to draw the boxes over.*decoded result: that wire makes a loop", readme)
+
+
+def test_no_text_uses_the_words_of_the_old_frontend():
+    """"Convert to input" left the frontend (every widget has a socket): texts say to drag a link onto the widget."""
+    sources = [*PACK_ROOT.glob("nodes/*.py"), *PACK_ROOT.glob("attention_patches/**/*.py"), PACK_ROOT / "README.md",
+               *PACK_ROOT.glob("example_workflows/*.json")]
+    for path in sources:
+        assert not re.search(r"convert\w*\s+(\w+\s+){0,3}to\s+(an\s+)?input", path.read_text(), re.IGNORECASE), path.name
+
+
+@pytest.mark.parametrize("node_class", nodes.NODES, ids=lambda c: c.__name__)
+def test_every_node_is_found_by_the_words_an_artist_types(node_class):
+    node = schema(node_class)
+    searched = " | ".join([node.display_name, *types.SEARCH_ALIASES]).lower()
+    for word in SEARCHED_WORDS:
+        assert word.lower() in searched, (node.node_id, word)
+    if "search_aliases" in io.Schema.__dataclass_fields__:  # ComfyUI with node search aliases (2026 and later)
+        assert list(node.search_aliases) == list(types.SEARCH_ALIASES)
+    else:
+        assert types.SEARCHABLE == {}  # older ComfyUI (0.3.75 here) refuses unknown Schema fields
+
+
+SEARCH = """
+const [query] = args;
+const input = document.activeElement;
+input.value = query;
+input.dispatchEvent(new Event('input', {bubbles: true}));
+await new Promise((r) => setTimeout(r, 600));
+return [...document.querySelectorAll('.option-display-name')].map((e) => e.innerText.split('\\n')[0].trim());
+"""
+NAME_QUERIES = {"MSP_": [n.__name__ for n in nodes.NODES], "multi subject": ["ApplyMultiSubjectAttention"],
+                "subject encoder": ["LoadSubjectEncoder"], "encode reference": ["EncodeReference"],
+                "layout box": ["DrawLayoutBox"], "router mask": ["RouterMaskPreview"]}
+
+
+@browser_support.requires_browser
+def test_the_real_node_search_finds_the_nodes_by_the_words_readme_gives(comfy_server, tmp_path):
+    """The embedded frontend (1.32.9) searches node names only: README's words for it find the nodes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    titles = {n.__name__: schema(n).display_name for n in nodes.NODES}
+    with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
+        canvas = driver.find_element("css selector", "#graph-canvas")
+        ActionChains(driver).move_to_element_with_offset(canvas, 120, 120).double_click().perform()
+        browser_support.wait_for(lambda: driver.execute_script("return document.activeElement.tagName") == "INPUT",
+                                 message="the node search box")
+        for query, expected in NAME_QUERIES.items():
+            found = browser_support.js(driver, SEARCH, query)
+            for name in expected:
+                assert titles[name] in found, (query, found)
