@@ -16,6 +16,7 @@ from .layout import Layout
 from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
 from .recorder import RouteRecorder
 from .references import Subject, image_encoder_family
+from .safe_text import quoted
 from .subject_bank import SubjectBank
 from .subject_encoder import SubjectEncoder
 
@@ -58,7 +59,7 @@ def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layo
     context_dim = model_context_dim(model)
     if context_dim is not None and context_dim != encoder.cross_attention_dim:
         raise SubjectSetupError(
-            f"the subject encoder '{encoder.name}' is for SDXL (cross-attention width {encoder.cross_attention_dim}) "
+            f"the subject encoder {quoted(encoder.name)} is for SDXL (cross-attention width {encoder.cross_attention_dim}) "
             f"but the MODEL's cross-attention width is {context_dim}: load an SDXL checkpoint (or an SDXL fine-tune)"
         )
     diffusion_model = model.get_model_object("diffusion_model")
@@ -67,13 +68,13 @@ def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layo
         if attn is None or getattr(attn.to_q, "out_features", width) != width:
             found = "no cross-attention there" if attn is None else f"width {attn.to_q.out_features}"
             raise SubjectSetupError(
-                f"the subject encoder '{encoder.name}' does not fit this MODEL: it expects a {width}-wide cross-attention "
+                f"the subject encoder {quoted(encoder.name)} does not fit this MODEL: it expects a {width}-wide cross-attention "
                 f"at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use an SDXL checkpoint."
             )
     if not subjects:
         raise SubjectSetupError("no subjects: connect at least one Encode Reference")
     if len(subjects) != len(layout.boxes):
-        phrases = ", ".join(f"'{s.phrase}'" for s in subjects)
+        phrases = ", ".join(quoted(s.phrase, 40) for s in subjects[:8]) + (", ..." if len(subjects) > 8 else "")
         raise SubjectSetupError(
             f"{len(subjects)} subject(s) ({phrases}) but {len(layout.boxes)} box(es): draw exactly one box per subject, "
             "in the order the Encode Reference nodes are chained"
@@ -81,18 +82,19 @@ def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layo
     for number, subject in enumerate(subjects, start=1):
         if subject.feature_dim != encoder.feature_dim:
             raise SubjectSetupError(
-                f"subject {number} ('{subject.phrase}') was encoded with {image_encoder_family(subject.feature_dim)}; "
+                f"subject {number} ({quoted(subject.phrase)}) was encoded with {image_encoder_family(subject.feature_dim)}; "
                 f"this encoder needs {image_encoder_family(encoder.feature_dim)}. Load clip_vision_g.safetensors "
                 "(CLIP-ViT-bigG) with Load CLIP Vision and feed it to Encode Reference."
             )
         if subject.phrase_embedding.shape[-1] != encoder.phrase_dim:
             raise SubjectSetupError(
-                f"subject {number} ('{subject.phrase}'): its phrase embedding is {subject.phrase_embedding.shape[-1]}-wide, "
+                f"subject {number} ({quoted(subject.phrase)}): its phrase embedding is {subject.phrase_embedding.shape[-1]}-wide, "
                 f"the encoder expects {encoder.phrase_dim} (SDXL's CLIP-L): connect the SDXL checkpoint's CLIP to Encode Reference"
             )
     for number, (subject, box) in enumerate(zip(subjects, layout.boxes), start=1):
         if box.label and box.label.lower() != subject.phrase.lower():
-            log.warning("box %d is labelled '%s' but subject %d is '%s'; boxes follow subject order", number, box.label, number, subject.phrase)
+            log.warning("box %d is labelled %s but subject %d is %s; boxes follow subject order", number, quoted(box.label), number,
+                        quoted(subject.phrase))
     if settings.subject_scales is not None and len(settings.subject_scales) != len(subjects):
         raise SubjectSetupError(
             f"{len(settings.subject_scales)} per-subject scale(s) for {len(subjects)} subject(s): give one scale per subject, "

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .safe_text import quoted
+
 MAX_BOXES = 32
 MAX_LABEL_LENGTH = 200
 COORDINATES = ("x1", "y1", "x2", "y2")
@@ -76,7 +78,7 @@ def boxes_to_json(boxes) -> str:
 
 def preset_boxes(name: str) -> tuple[LayoutBox, ...]:
     if name not in PRESETS:
-        raise LayoutError(f"unknown layout preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        raise LayoutError(f"unknown layout preset {quoted(name)}; choose one of: {', '.join(PRESETS)}")
     return tuple(LayoutBox(*coords) for coords in PRESETS[name])
 
 
@@ -117,7 +119,7 @@ def _parse_box(number: int, item: object) -> LayoutBox:
         values = list(item)
     else:
         raise LayoutError(f"box {number}: expected {{\"x1\", \"y1\", \"x2\", \"y2\", \"label\"}} or [x1, y1, x2, y2], got {_short(item)}")
-    name = f"box {number}" + (f" ('{label}')" if label else "")
+    name = f"box {number}" + (f" ({quoted(label, 40)})" if label else "")
     coords = [_coordinate(name, coord, value) for coord, value in zip(COORDINATES, values)]
     x1, y1, x2, y2 = coords
     if not any(coords):
@@ -151,10 +153,9 @@ def _coordinate(name: str, coord: str, value: object) -> float:
 
 def _short(value: object) -> str:
     try:
-        text = json.dumps(value)
+        return quoted(json.dumps(value), 60)
     except (TypeError, ValueError, RecursionError):
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
+        return type(value).__name__
 
 
 def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float, float]:
@@ -165,7 +166,7 @@ def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float,
     try:
         item = json.loads(stripped)
     except json.JSONDecodeError:
-        raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got '{text[:60]}'") from None
+        raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got {quoted(text, 60)}") from None
     box = _parse_box(1, item)
     return box.x1, box.y1, box.x2, box.y2
 

@@ -16,6 +16,7 @@ import comfy.model_patcher
 
 from ..models.loader import SubjectEncoderFormatError, load_encoder
 from ..models.ms_diffusion import MSDiffusionEncoder
+from .safe_text import quoted
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_BLOCKS, AttnKey, sdxl_key_for_index
 
 KIND_MS_DIFFUSION_SDXL = "ms_diffusion_sdxl"
@@ -95,7 +96,7 @@ def load_subject_encoder(path: str | Path) -> SubjectEncoder:
     unknown = sorted(set(module.layer_indices) - set(SDXL_ADAPTER_INDICES))
     if unknown:
         raise SubjectEncoderFormatError(
-            f"{Path(path).name} has adapter layers {unknown[:5]} that SDXL does not have; only SDXL MS-Diffusion encoders are supported"
+            f"{quoted(Path(path).name)} has adapter layers {unknown[:5]} that SDXL does not have; only SDXL MS-Diffusion encoders are supported"
         )
     params = sum(p.numel() for p in module.parameters())
     dtype = mm.unet_dtype(model_params=params, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])

@@ -11,17 +11,18 @@ from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
 from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
+from .safe_errors import loggable_errors
 
 register_model_folders()
 register_prompt_handler()
 
-NODES: list[type[io.ComfyNode]] = [
+NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,
     EncodeReference,
     DrawLayoutBox,
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
-]
+)]
 
 
 class MultiSubjectExtension(ComfyExtension):

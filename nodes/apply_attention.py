@@ -8,6 +8,7 @@ from ..attention_patches.layer_map import SDXL_DOWNSCALES
 from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
+from ..attention_patches.safe_text import quoted
 from .route_capture import routes_consumed
 from .types import CATEGORY, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
 
@@ -22,7 +23,7 @@ def parse_subject_scales(text: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"{NODE_NAME}: subject_scales must be numbers separated by commas, e.g. '0.5, 0.9'; got '{text}'") from None
+        raise ValueError(f"{NODE_NAME}: subject_scales must be numbers separated by commas, e.g. '0.5, 0.9'; got {quoted(text)}") from None
 
 
 class ApplyMultiSubjectAttention(io.ComfyNode):

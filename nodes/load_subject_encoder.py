@@ -3,6 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
+from ..attention_patches.safe_text import quoted
 from ..attention_patches.subject_encoder import load_subject_encoder
 from .paths import SUBJECT_ENCODER_FOLDER
 from .types import CATEGORY, SubjectEncoderSocket
@@ -31,7 +32,7 @@ class LoadSubjectEncoder(io.ComfyNode):
     def validate_inputs(cls, encoder_name: str) -> bool | str:
         if folder_paths.get_full_path(SUBJECT_ENCODER_FOLDER, encoder_name) is None:
             folders = ", ".join(folder_paths.get_folder_paths(SUBJECT_ENCODER_FOLDER))
-            return (f"'{encoder_name}' is not in models/msdiffusion (looked in: {folders}). Download ms_adapter.bin from "
+            return (f"{quoted(encoder_name)} is not in models/msdiffusion (looked in: {folders}). Download ms_adapter.bin from "
                     "the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion) into one of those folders.")
         return True
 
