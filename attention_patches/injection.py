@@ -1,42 +1,28 @@
-"""Apply subjects to a MODEL: validate, resample once, project once, register the patches on a clone."""
+"""Generic Apply glue for kinds that patch cross-attention (attn2): checks, the sigma window, registration.
+
+A kind projects its subjects' keys/values into a :class:`SubjectBank` and calls
+:func:`route_subjects`; the patches, their chaining with other packs' patches and the per-run
+wrapper are the same for every kind.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 import comfy.model_patcher
 import comfy.patcher_extension
 
-from .auto_routing import AutoRouting
+from .kinds.base import ApplySettings, Subject, SubjectSetupError
 from .layer_map import AttnKey
 from .layout import Layout
 from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
 from .recorder import RouteRecorder
-from .references import Subject, image_encoder_family
 from .safe_text import quoted
 from .subject_bank import SubjectBank
-from .subject_encoder import SubjectEncoder
 
 log = logging.getLogger("comfyui_multisubject")
-
-
-class SubjectSetupError(ValueError):
-    """Inputs that cannot work together; the message names the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class ApplySettings:
-    scale: float = 0.6
-    subject_scales: tuple[float, ...] | None = None
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    drop_grounding: bool = False
-    feather: float = 0.0
-    auto: AutoRouting | None = None
-
 
 def model_context_dim(model) -> int | None:
     config = getattr(model.model, "model_config", None)
@@ -55,51 +41,57 @@ def cross_attention_module(diffusion_model, key: AttnKey):
         return None
 
 
-def validate(model, encoder: SubjectEncoder, subjects: tuple[Subject, ...], layout: Layout, settings: ApplySettings) -> None:
-    context_dim = model_context_dim(model)
-    if context_dim is not None and context_dim != encoder.cross_attention_dim:
+def a_checkpoint_of(base_model: str) -> str:
+    """'an SDXL checkpoint', 'a FLUX checkpoint': base-model names are read letter by letter when they start with SD."""
+    article = "an" if base_model[:1] in "AEIOU" or base_model.startswith("SD") else "a"
+    return f"{article} {base_model} checkpoint"
+
+
+def check_cross_attention(model, encoder, widths: dict[AttnKey, int], context_dim: int) -> None:
+    """The MODEL has a cross-attention of the right width at every key and reads ``context_dim``-wide text."""
+    found_context = model_context_dim(model)
+    if found_context is not None and found_context != context_dim:
         raise SubjectSetupError(
-            f"the subject encoder {quoted(encoder.name)} is for SDXL (cross-attention width {encoder.cross_attention_dim}) "
-            f"but the MODEL's cross-attention width is {context_dim}: load an SDXL checkpoint (or an SDXL fine-tune)"
+            f"the subject encoder {quoted(encoder.name)} is {encoder.title} (cross-attention width {context_dim}) "
+            f"but the MODEL's cross-attention width is {found_context}: load {a_checkpoint_of(encoder.base_model)} "
+            f"(or a {encoder.base_model} fine-tune)"
         )
     diffusion_model = model.get_model_object("diffusion_model")
-    for key, width in encoder.attention_widths.items():
+    for key, width in widths.items():
         attn = cross_attention_module(diffusion_model, key)
         if attn is None or getattr(attn.to_q, "out_features", width) != width:
             found = "no cross-attention there" if attn is None else f"width {attn.to_q.out_features}"
             raise SubjectSetupError(
                 f"the subject encoder {quoted(encoder.name)} does not fit this MODEL: it expects a {width}-wide cross-attention "
-                f"at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use an SDXL checkpoint."
+                f"at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use {a_checkpoint_of(encoder.base_model)}."
             )
+
+
+def check_subjects_fit_layout(subjects: tuple[Subject, ...], layout: Layout | None, settings: ApplySettings) -> None:
+    """At least one subject, one box per subject (when there is a layout), one scale per subject (when given)."""
     if not subjects:
         raise SubjectSetupError("no subjects: connect at least one Encode Reference")
-    if len(subjects) != len(layout.boxes):
+    if layout is not None and len(subjects) != len(layout.boxes):
         phrases = ", ".join(quoted(s.phrase, 40) for s in subjects[:8]) + (", ..." if len(subjects) > 8 else "")
         raise SubjectSetupError(
             f"{len(subjects)} subject(s) ({phrases}) but {len(layout.boxes)} box(es): draw exactly one box per subject, "
             "in the order the Encode Reference nodes are chained"
         )
-    for number, subject in enumerate(subjects, start=1):
-        if subject.feature_dim != encoder.feature_dim:
-            raise SubjectSetupError(
-                f"subject {number} ({quoted(subject.phrase)}) was encoded with {image_encoder_family(subject.feature_dim)}; "
-                f"this encoder needs {image_encoder_family(encoder.feature_dim)}. Load clip_vision_g.safetensors "
-                "(CLIP-ViT-bigG) with Load CLIP Vision and feed it to Encode Reference."
-            )
-        if subject.phrase_embedding.shape[-1] != encoder.phrase_dim:
-            raise SubjectSetupError(
-                f"subject {number} ({quoted(subject.phrase)}): its phrase embedding is {subject.phrase_embedding.shape[-1]}-wide, "
-                f"the encoder expects {encoder.phrase_dim} (SDXL's CLIP-L): connect the SDXL checkpoint's CLIP to Encode Reference"
-            )
-    for number, (subject, box) in enumerate(zip(subjects, layout.boxes), start=1):
-        if box.label and box.label.lower() != subject.phrase.lower():
-            log.warning("box %d is labelled %s but subject %d is %s; boxes follow subject order", number, quoted(box.label), number,
-                        quoted(subject.phrase))
+    if layout is not None:
+        for number, (subject, box) in enumerate(zip(subjects, layout.boxes), start=1):
+            if box.label and box.label.lower() != subject.phrase.lower():
+                log.warning("box %d is labelled %s but subject %d is %s; boxes follow subject order",
+                            number, quoted(box.label), number, quoted(subject.phrase))
     if settings.subject_scales is not None and len(settings.subject_scales) != len(subjects):
         raise SubjectSetupError(
             f"{len(settings.subject_scales)} per-subject scale(s) for {len(subjects)} subject(s): give one scale per subject, "
             "or leave subject_scales empty to use scale for all"
         )
+
+
+def subject_value_scales(settings: ApplySettings, count: int) -> torch.Tensor:
+    """[S] strength of each subject: subject_scales when given, else scale for all."""
+    return torch.tensor(settings.subject_scales or [settings.scale] * count, dtype=torch.float32)
 
 
 def sigma_range(model, start_percent: float, end_percent: float) -> tuple[float, float] | None:
@@ -115,30 +107,23 @@ def compute_dtype(model) -> torch.dtype:
     return getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
 
 
-def apply_subjects(
+def route_subjects(
     model: comfy.model_patcher.ModelPatcher,
-    encoder: SubjectEncoder,
-    subjects: tuple[Subject, ...],
-    layout: Layout,
+    projections: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]],
+    boxes: torch.Tensor,
     settings: ApplySettings,
     recorder: RouteRecorder | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A clone of ``model`` whose cross-attention blocks route the subjects; ``model`` is untouched."""
-    validate(model, encoder, subjects, layout, settings)
-    boxes = layout.tensor()
-    tokens = encoder.encode_subjects(
-        [s.image_features for s in subjects],
-        torch.stack([s.phrase_embedding for s in subjects]),
-        boxes,
-        settings.drop_grounding,
-    )
-    value_scales = torch.tensor(settings.subject_scales or [settings.scale] * len(subjects), dtype=torch.float32)
-    bank = SubjectBank(encoder.project(tokens, value_scales, compute_dtype(model), model.offload_device))
+    """A clone of ``model`` whose attn2 blocks at the projections' keys route the subjects; ``model`` is untouched.
+
+    ``projections`` are each layer's [S, T, C] subject keys and (scaled) values in the model's
+    compute dtype; ``boxes`` the [S, 4] normalised boxes (whole-image boxes for a kind without a layout).
+    """
+    bank = SubjectBank(projections)
     routing = SubjectRouting(
         bank=bank,
         bank_patcher=comfy.model_patcher.ModelPatcher(bank, load_device=model.load_device, offload_device=model.offload_device),
         boxes=boxes,
-        downscales=encoder.downscales,
         sigma_range=sigma_range(model, settings.start_percent, settings.end_percent),
         feather=settings.feather,
         auto=settings.auto,
@@ -146,7 +131,7 @@ def apply_subjects(
     )
     patched = model.clone()
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    for key in encoder.attention_widths:
+    for key in projections:
         current = existing.get(key, existing.get(key[:2]))
         if isinstance(current, MultiSubjectAttention):
             patch = current.with_routing(routing)

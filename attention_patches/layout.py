@@ -60,6 +60,11 @@ class Layout:
     width: int
     height: int
 
+    @classmethod
+    def whole_image(cls, count: int, width: int = 1024, height: int = 1024) -> Layout:
+        """Every subject over the whole image: what a kind acting without a layout routes."""
+        return cls(tuple(LayoutBox(0.0, 0.0, 1.0, 1.0) for _ in range(count)), width, height)
+
     def tensor(self) -> torch.Tensor:
         """[S, 4] float32 boxes."""
         return torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in self.boxes], dtype=torch.float32)

@@ -65,7 +65,6 @@ class SubjectRouting:
     bank: SubjectBank
     bank_patcher: object  # comfy.model_patcher.ModelPatcher owning ``bank``
     boxes: torch.Tensor  # [S, 4] normalised x1, y1, x2, y2
-    downscales: dict[AttnKey, int]  # latent pixels per token at each patched layer
     sigma_range: tuple[float, float] | None = None  # (start, end), sigmas decrease
     feather: float = 0.0  # soft box edge, in latent pixels
     auto: AutoRouting | None = None
@@ -95,12 +94,22 @@ class SubjectRouting:
             self._last_sigma = (sigmas, active)
         return active
 
-    def box_routes(self, key: AttnKey, height: int, width: int, device: torch.device) -> RouteMask:
-        """The boxes' routes at this layer's grid, computed once per grid."""
-        downscale = self.downscales.get(key, 1)
-        cache_key = (height, width, downscale, device)
+    def release_caches(self) -> None:
+        """Drop what was cached for a sampling run (cast tokens, routes, selectors) once it ends."""
+        self._routes.clear()
+        self._tokens.clear()
+        self._selectors.clear()
+        self._last_sigma = (None, True)
+
+    def box_routes(self, height: int, width: int, latent_height: int, device: torch.device) -> RouteMask:
+        """The boxes' routes at this layer's grid, computed once per grid.
+
+        The feather is given in latent pixels; the layer's scale comes from the real shapes of the call.
+        """
+        cache_key = (height, width, latent_height, device)
         if cache_key not in self._routes:
-            self._routes[cache_key] = RouteMask(box_routes(self.boxes.to(device), height, width, self.feather / downscale))
+            feather = self.feather * height / latent_height if latent_height else self.feather
+            self._routes[cache_key] = RouteMask(box_routes(self.boxes.to(device), height, width, feather))
         return self._routes[cache_key]
 
     def tokens(self, key: AttnKey, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,14 +129,16 @@ class SubjectRouting:
             self._selectors[cache_key] = phrase_selectors(self.auto.phrase_tokens, text_tokens, device)
         return self._selectors[cache_key]
 
-    def image_attention(self, key: AttnKey, q: torch.Tensor, height: int, width: int, heads: int,
+    def image_attention(self, key: AttnKey, q: torch.Tensor, grid: tuple[int, int, int], heads: int,
                         run: RunState | None, step: int, maps: torch.Tensor | None = None) -> torch.Tensor:
         """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``.
 
-        ``maps`` ([P, S, N] phrase maps of this call, given with a sampling run's ``run`` state) drive auto routing.
+        ``grid`` is (height, width) of this layer and the latent height; ``maps`` ([P, S, N] phrase
+        maps of this call, given with a sampling run's ``run`` state) drive auto routing.
         """
+        height, width, latent_height = grid
         keys, values = self.tokens(key, q.device, q.dtype)
-        routes = self.box_routes(key, height, width, q.device)
+        routes = self.box_routes(height, width, latent_height, q.device)
         if maps is not None:
             mean_maps, steps_seen = run.history(self, key).update(step, maps)
             if steps_seen >= self.auto.start_step:
@@ -211,10 +222,12 @@ class MultiSubjectAttention:
         else:
             out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
         height, width = extra_options["activations_shape"][-2:]
+        original = extra_options.get("original_shape")
+        grid = (height, width, original[-2] if original else height)
         step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
         image = None
         for routing in active:
-            part = routing.image_attention(self.key, q_pos, height, width, heads, run, step, maps.get(routing))
+            part = routing.image_attention(self.key, q_pos, grid, heads, run, step, maps.get(routing))
             image = part if image is None else image + part
         image = image.to(out.dtype)
         if text is not None:  # the positive rows are written once: text + image
@@ -241,14 +254,20 @@ def routings_in(transformer_options: dict) -> list[SubjectRouting]:
 
 
 def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
-    """A fresh run state and fresh route recordings for every sampling run."""
+    """A fresh run state and fresh route recordings for every sampling run; the run's caches dropped after it."""
     transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
     transformer_options[RUN_STATE_KEY] = RunState()
-    for routing in routings_in(transformer_options):
+    routings = routings_in(transformer_options)
+    for routing in routings:
         if routing.recorder is not None:
             routing.recorder.start_run()
     warn_about_area_conditioning(getattr(guider, "conds", {}) or {})
-    return executor(guider, sigmas, extra_args, *args, **kwargs)
+    try:
+        return executor(guider, sigmas, extra_args, *args, **kwargs)
+    finally:
+        transformer_options.pop(RUN_STATE_KEY, None)
+        for routing in routings:
+            routing.release_caches()
 
 
 def warn_about_area_conditioning(conds: dict) -> None:

@@ -1,12 +1,7 @@
-"""Subjects as Encode Reference produces them, and the preparation of reference images.
-
-A subject keeps the raw CLIP-Vision features of each view rather than resampled tokens: the
-resampler needs the subject's box, which is only known at Apply time.
-"""
+"""Preparing reference images for any kind: views, masks, background removal, phrase embeddings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,18 +22,6 @@ IMAGE_ENCODER_FAMILIES = {
     1152: "SigLIP",
     1536: "DINOv2",
 }
-
-
-@dataclass(frozen=True, eq=False)
-class Subject:
-    phrase: str
-    image_features: torch.Tensor  # [V, T, C] CLIP-Vision penultimate hidden states, one row per view
-    phrase_embedding: torch.Tensor  # [D] pooled CLIP-L output of the phrase, unprojected
-    tokenizer: object | None = None  # the CLIP's tokenizer, to find the phrase in the prompt
-
-    @property
-    def feature_dim(self) -> int:
-        return self.image_features.shape[-1]
 
 
 def image_encoder_family(width: int) -> str:
@@ -82,27 +65,6 @@ def _fit_mask(mask: torch.Tensor, views: int, height: int, width: int) -> torch.
     if mask.shape[1:] != (height, width):
         mask = F.interpolate(mask[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
     return mask.expand(views, -1, -1)
-
-
-def encode_phrase(clip, phrase: str) -> torch.Tensor:
-    """[D] pooled CLIP-L output of ``phrase``, unprojected, as the official pipeline's text_encoder."""
-    model = clip.cond_stage_model
-    clip_l = getattr(model, "clip_l", None)
-    if clip_l is None:
-        raise ValueError(
-            "this CLIP has no CLIP-L text encoder; connect the SDXL checkpoint's CLIP "
-            "(MS-Diffusion encodes each subject's phrase with SDXL's CLIP-L)"
-        )
-    tokens = clip.tokenize(phrase)
-    tokens = tokens.get("l", tokens) if isinstance(tokens, dict) else tokens
-    model.reset_clip_options()
-    model.set_clip_options({"projected_pooled": False})
-    try:
-        clip.load_model()
-        _, pooled = clip_l.encode_token_weights(tokens)[:2]
-    finally:
-        model.reset_clip_options()
-    return pooled[0].float()
 
 
 _sam_cache: dict[str, comfy.model_patcher.ModelPatcher] = {}

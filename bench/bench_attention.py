@@ -80,7 +80,6 @@ class Case:
         cpu = torch.device("cpu")
         self.bank_patcher = comfy.model_patcher.ModelPatcher(bank, cpu, cpu)
         self.bank = bank
-        self.downscales = {self.key: downscale}
         # phrase tokens: one or two tokens per subject, like "dog", "teddy bear"
         phrases = tuple(tuple(range(1 + 3 * s, 2 + 3 * s + (s % 2))) for s in range(subjects))
         self.auto = auto_mod.AutoRouting(phrases, mask_threshold=0.5, start_step=AUTO_START_STEP)
@@ -88,7 +87,7 @@ class Case:
     def patch(self, boxes, auto: bool = False):
         routing = self.patch_mod.SubjectRouting(
             bank=self.bank, bank_patcher=self.bank_patcher, boxes=torch.tensor(boxes, dtype=torch.float32),
-            downscales=self.downscales, auto=self.auto if auto else None,
+            auto=self.auto if auto else None,
         )
         return self.patch_mod.MultiSubjectAttention(self.key, (routing,))
 

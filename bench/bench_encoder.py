@@ -2,7 +2,7 @@
 
 Uses a random-weight checkpoint with every key and shape of the official ``ms_adapter.bin``
 (459.7 M parameters, 1.84 GB in fp32), loaded through the pack's
-``attention_patches.subject_encoder.load_subject_encoder`` (what Load Subject Encoder runs).
+``attention_patches.kinds.registry.load_subject_encoder`` (what Load Subject Encoder runs).
 Resident memory is measured in a fresh process per format (psutil RSS before and after
 loading, after first use, and the peak).
 """
@@ -44,7 +44,7 @@ def peak_rss_bytes() -> int:
 def measure_rss(path: str) -> dict:
     """In this (fresh) process: RSS before/after loading ``path``, peak RSS, parameter bytes."""
     setup_runtime()
-    subject_encoder = pack("attention_patches.subject_encoder")
+    subject_encoder = pack("attention_patches.kinds.registry")
     import gc
 
     gc.collect()
@@ -73,7 +73,7 @@ def rss_in_fresh_process(path) -> dict:
 
 def run(quick: bool = False, rounds: int | None = None) -> tuple[str, dict]:
     setup_runtime()
-    subject_encoder = pack("attention_patches.subject_encoder")
+    subject_encoder = pack("attention_patches.kinds.registry")
     rounds = rounds or (2 if quick else 3)
     start = time.perf_counter()
     bin_path, st_path = write_real_size_checkpoint(bench_data_dir() / "real_size")

@@ -37,7 +37,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     clip = tiny_models.tiny_sdxl_clip()
     vision = tiny_models.tiny_clip_vision()
     encoder_path = tiny_models.save_subject_encoder(bench_data_dir() / "tiny" / "tiny_ms_adapter.safetensors")
-    encoder = pack("attention_patches.subject_encoder").load_subject_encoder(encoder_path)
+    encoder = pack("attention_patches.kinds.registry").load_subject_encoder(encoder_path)
     subjects = encode_subjects(vision, clip, ["dog", "cat"])
     boxes = layout(row_boxes(2), ["dog", "cat"], width=latent * 8, height=latent * 8)
     variants = {

@@ -3,8 +3,8 @@
 ComfyUI's own SDXL model class with SDXL's real unet_config (random weights, fp32, ~10 GB),
 a CFG batch of 2 ([1, 0] cond_or_uncond) through ``BaseModel.apply_model``, as the sampler
 calls it. The patched models come from the pack's apply path
-(``attention_patches.injection.apply_subjects``) with a real-size random MS-Diffusion encoder
-(every key and shape of the official ``ms_adapter.bin``) and ``references.Subject`` objects
+(``SubjectEncoder.apply`` of the MS-Diffusion kind) with a real-size random MS-Diffusion encoder
+(every key and shape of the official ``ms_adapter.bin``) and ``Subject`` objects
 with random CLIP-ViT-bigG features [1, 257, 1664] and phrase embeddings [768].
 """
 
@@ -54,14 +54,16 @@ def real_sdxl_model():
 def patched_models(model, encoder, counts, auto_counts):
     """{name: patched ModelPatcher} through the pack's apply path."""
     injection = pack("attention_patches.injection")
-    references = pack("attention_patches.references")
+    kinds = pack("attention_patches.kinds.base")
+    ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
     layout_mod = pack("attention_patches.layout")
     auto_mod = pack("attention_patches.auto_routing")
     generator = torch.Generator().manual_seed(1)
 
     def subjects(count):
-        return tuple(references.Subject(PHRASES[i], torch.randn(1, 257, 1664, generator=generator),
-                                        torch.randn(768, generator=generator)) for i in range(count))
+        """Subjects whose MS-Diffusion encodings (CLIP-bigG features, phrase embedding) are already made."""
+        return tuple(kinds.Subject(kinds.Reference(PHRASES[i], torch.zeros(1, 1, 1, 3)), {encoder.encoding_key(): ms_diffusion.EncodedSubject(
+            torch.randn(1, 257, 1664, generator=generator), torch.randn(768, generator=generator))}) for i in range(count))
 
     def layout(count):
         boxes = tuple(layout_mod.LayoutBox(*box, label=PHRASES[i]) for i, box in enumerate(row_boxes(count)))
@@ -69,17 +71,17 @@ def patched_models(model, encoder, counts, auto_counts):
 
     out, apply_seconds = {}, {}
     for count in counts:
-        args = (model, encoder, subjects(count), layout(count), injection.ApplySettings(scale=0.6))
+        args = (model, subjects(count), layout(count), injection.ApplySettings(scale=0.6))
         if not apply_seconds:
-            injection.apply_subjects(*args)  # untimed: the encoder's first use is a cold start
+            encoder.apply(*args)  # untimed: the encoder's first use is a cold start
         start = time.perf_counter()
-        out[f"box, {count} subject{'s' if count > 1 else ''}"] = injection.apply_subjects(*args)
+        out[f"box, {count} subject{'s' if count > 1 else ''}"] = encoder.apply(*args)
         apply_seconds[count] = time.perf_counter() - start
     for count in auto_counts:
         # start_step 1: the pseudo routes are active at every timed step (the cost of any step past start_step)
         auto = auto_mod.AutoRouting(PROMPT_PHRASE_TOKENS[:count], mask_threshold=0.5, start_step=1)
-        out[f"auto, {count} subjects"] = injection.apply_subjects(
-            model, encoder, subjects(count), layout(count), injection.ApplySettings(scale=0.6, auto=auto))
+        out[f"auto, {count} subjects"] = encoder.apply(
+            model, subjects(count), layout(count), injection.ApplySettings(scale=0.6, auto=auto))
     return out, apply_seconds
 
 
@@ -169,7 +171,7 @@ class Step:
 
 def run(quick: bool = False, latent: int | None = None, rounds: int | None = None) -> tuple[str, list[dict]]:
     setup_runtime()
-    subject_encoder = pack("attention_patches.subject_encoder")
+    subject_encoder = pack("attention_patches.kinds.registry")
     latent = latent or (64 if quick else 96)
     rounds = rounds or (2 if quick else 3)
     counts, auto_counts = (1, 2, 4), (2,)
@@ -227,7 +229,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
         "this includes the positive rows' text attention, which the patch computes itself with the phrase maps, so it is "
         "an upper bound); this is immune to "
         "load changes between variants, which move the wall-clock ratios by a few percent on a shared machine. Patched "
-        "models come from `apply_subjects` with a real-size random MS-Diffusion encoder; box layouts: centred / side by "
+        "models come from the MS-Diffusion kind's `apply` with a real-size random MS-Diffusion encoder; box layouts: centred / side by "
         "side / 4 in a row; auto routing past `start_step`. Apply (resampler + 70 layer projections, once per Apply; "
         "after an untimed first apply) took "
         + ", ".join(f"{apply_seconds[c]:.2f} s for {c}" for c in apply_seconds) + " subject(s).\n\n" + table + "\n"

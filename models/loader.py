@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ..attention_patches.safe_text import quoted
 from .ms_diffusion import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
-from ..attention_patches.safe_text import quoted
-from .safe_load import CheckpointError, read_keys, read_tensors
+from .safe_load import CheckpointError, foreign_format, read_tensors
 
 log = logging.getLogger("comfyui_multisubject.models")
 
@@ -35,13 +35,6 @@ REQUIRED_RESAMPLER_KEYS = (
     "proj_in.weight", "attention_norm.weight", "proj_out.weight", "norm_out.weight",
 )
 ADAPTER_KEY = re.compile(r"^ms_adapter\.(\d+)\.(to_k_ip|to_v_ip)\.weight$")
-FOREIGN_FORMATS = (
-    ("ip_adapter.", "an IP-Adapter model; MS-Diffusion needs ms_adapter.bin from the MS-Diffusion release"),
-    ("model.diffusion_model.", "a Stable Diffusion checkpoint; put it in models/checkpoints"),
-    ("vision_model.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
-    ("visual.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
-    ("lora_unet_", "a LoRA; load it with a LoRA loader"),
-)
 
 
 class SubjectEncoderFormatError(CheckpointError):
@@ -53,16 +46,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return read_tensors(path, SubjectEncoderFormatError)
 
 
-def refuse_foreign(keys, name: str = "checkpoint") -> None:
-    """A named error unless ``keys`` look like an MS-Diffusion checkpoint's (checked before any tensor is read)."""
-    if any(k.startswith("image_proj.") for k in keys) and any(ADAPTER_KEY.match(k) for k in keys):
-        return
-    for prefix, what in FOREIGN_FORMATS:
-        if any(k.startswith(prefix) for k in keys):
-            raise SubjectEncoderFormatError(f"{name} is {what}, not an MS-Diffusion subject encoder.")
-    raise SubjectEncoderFormatError(f"{name} is not an MS-Diffusion checkpoint: {EXPECTED_LAYOUT}.")
-
-
 def split_state_dict(flat: dict[str, torch.Tensor], name: str = "checkpoint") -> tuple[dict, dict[int, dict], torch.Tensor | None]:
     """(resampler state dict, {layer index: {to_k_ip, to_v_ip}}, dummy tokens) or a named error."""
     resampler = {k[len("image_proj."):]: v for k, v in flat.items() if k.startswith("image_proj.")}
@@ -72,7 +55,10 @@ def split_state_dict(flat: dict[str, torch.Tensor], name: str = "checkpoint") ->
         if match:
             layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
     if not resampler or not layers:
-        refuse_foreign(flat.keys(), name)
+        what = foreign_format(flat)
+        if what:
+            raise SubjectEncoderFormatError(f"{name} is {what}, not an MS-Diffusion subject encoder.")
+        raise SubjectEncoderFormatError(f"{name} is not an MS-Diffusion checkpoint: {EXPECTED_LAYOUT}.")
     missing = [k for k in REQUIRED_RESAMPLER_KEYS if k not in resampler]
     if missing:
         raise SubjectEncoderFormatError(f"{name} is incomplete: the resampler lacks {', '.join('image_proj.' + k for k in missing)}.")
@@ -130,9 +116,7 @@ def build_encoder(flat: dict[str, torch.Tensor], metadata: dict[str, str] | None
 
 
 def load_encoder(path: str | Path) -> MSDiffusionEncoder:
-    name = quoted(Path(path).name)
-    refuse_foreign(read_keys(path, SubjectEncoderFormatError), name)
     flat, metadata = read_checkpoint(path)
-    encoder = build_encoder(flat, metadata, name)
+    encoder = build_encoder(flat, metadata, quoted(Path(path).name))
     log.info("loaded MS-Diffusion encoder %s: %d layers, %s", quoted(Path(path).name), len(encoder.layer_indices), encoder.config)
     return encoder

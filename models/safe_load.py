@@ -35,6 +35,14 @@ REFUSED_OBJECTS = (
     "was refused: it contains Python objects other than tensors, and only plain tensor checkpoints are loaded "
     "(torch.load with weights_only=True). Use the official file or a .safetensors conversion from a source you trust."
 )
+# What a file is when its keys start like this, for errors that tell users where it belongs.
+FOREIGN_FORMATS = (
+    ("ip_adapter.", "an IP-Adapter model (load it with an IP-Adapter pack)"),
+    ("model.diffusion_model.", "a Stable Diffusion checkpoint; put it in models/checkpoints"),
+    ("vision_model.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
+    ("visual.", "a CLIP-Vision model; put it in models/clip_vision and load it with Load CLIP Vision"),
+    ("lora_unet_", "a LoRA; load it with a LoRA loader"),
+)
 
 
 class CheckpointError(ValueError):
@@ -204,6 +212,14 @@ def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) 
         if structure is not None:
             return frozenset(structure)
     return frozenset(read_tensors(path, error)[0])
+
+
+def foreign_format(keys) -> str | None:
+    """What kind of other model a file with these keys is, or None."""
+    for prefix, what in FOREIGN_FORMATS:
+        if any(k.startswith(prefix) for k in keys):
+            return what
+    return None
 
 
 def flatten(obj: dict, prefix: str = "", leaf: type = torch.Tensor) -> dict:

@@ -3,8 +3,8 @@
 from comfy_api.latest import io
 
 from ..attention_patches.auto_routing import AutoRouting
-from ..attention_patches.injection import ApplySettings, SubjectSetupError, apply_subjects
-from ..attention_patches.layer_map import SDXL_DOWNSCALES
+from ..attention_patches.kinds.base import ApplySettings, SubjectSetupError
+from ..attention_patches.layout import Layout
 from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
@@ -33,13 +33,15 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             node_id="MSP_ApplyMultiSubjectAttention",
             display_name=NODE_NAME,
             category=CATEGORY,
-            description="MS-Diffusion: the subjects' tokens join every SDXL cross-attention, each routed to its box. "
-            "Returns a patched clone of the MODEL for any sampler.",
+            description="The subjects join the MODEL's attention, each routed to its box (MS-Diffusion: every SDXL "
+            "cross-attention). Returns a patched clone of the MODEL for any sampler.",
             inputs=[
                 io.Model.Input("model"),
                 SubjectEncoderSocket.Input("subject_encoder"),
                 SubjectsSocket.Input("subjects"),
-                LayoutSocket.Input("layout"),
+                LayoutSocket.Input("layout", optional=True,
+                                   tooltip="one box per subject, in subject order (required by MS-Diffusion; other kinds "
+                                   "act on the whole image without it)"),
                 io.Float.Input("scale", default=0.6, min=0.0, max=3.0, step=0.05,
                                tooltip="strength of the subjects (0.6; 0.4 for scene-like subjects)"),
                 io.String.Input("subject_scales", default="", optional=True,
@@ -63,8 +65,8 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, subject_encoder, subjects, layout, scale: float, start_percent: float, end_percent: float,
-                drop_grounding: bool, subject_scales: str = "", auto_routing: bool = False, prompt: str = "",
+    def execute(cls, model, subject_encoder, subjects, scale: float, start_percent: float, end_percent: float,
+                drop_grounding: bool, layout=None, subject_scales: str = "", auto_routing: bool = False, prompt: str = "",
                 mask_threshold: float = 0.5, start_step: int = 5, feather: float = 0.0) -> io.NodeOutput:
         phrases = [s.phrase for s in subjects]
         auto = None
@@ -83,10 +85,11 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             auto=auto,
         )
         try:
-            patched = apply_subjects(model, subject_encoder, tuple(subjects), layout, settings, recorder)
+            patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)
         except SubjectSetupError as e:
             raise SubjectSetupError(f"{NODE_NAME}: {e}") from e
-        return io.NodeOutput(patched, RoutePlan(layout, tuple(phrases), SDXL_DOWNSCALES, feather, recorder))
+        shown = layout if layout is not None else Layout.whole_image(len(phrases))
+        return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 
     @staticmethod
     def _phrase_tokens(subjects, prompt: str):

@@ -1,14 +1,15 @@
-"""Encode Reference: one subject (views + phrase) appended to the subject list."""
+"""Encode Reference: one subject (views + phrase) appended to the subject list, for any kind of encoder."""
 
 import torch
 
 import folder_paths
 from comfy_api.latest import io
 
+from ..attention_patches.kinds.base import Reference, Subject, SubjectSetupError
 from ..attention_patches.layout import parse_single_box
-from ..attention_patches.references import Subject, blank_background, encode_phrase, segment_views, split_reference
+from ..attention_patches.references import segment_views, split_reference
 from .paths import SAM_FOLDER
-from .types import CATEGORY, SubjectsSocket
+from .types import CATEGORY, SubjectEncoderSocket, SubjectsSocket
 
 NO_BACKGROUND_REMOVAL = "none"
 
@@ -20,11 +21,13 @@ class EncodeReference(io.ComfyNode):
             node_id="MSP_EncodeReference",
             display_name="Encode Reference",
             category=CATEGORY,
-            description="Encodes one subject: its reference image(s) with CLIP-ViT-bigG and its phrase with SDXL's "
-            "CLIP-L. Chain several to build the subject list; their order is the order of the layout boxes.",
+            description="One subject: its reference image(s) and its phrase. Chain several to build the subject list; "
+            "their order is the order of the layout boxes. Encoded by the subject encoder's kind (MS-Diffusion: "
+            "CLIP-ViT-bigG + SDXL's CLIP-L), here when subject_encoder is connected, otherwise in Apply.",
             inputs=[
-                io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-bigG: clip_vision_g.safetensors"),
-                io.Clip.Input("clip", tooltip="the SDXL checkpoint's CLIP; the phrase is encoded with its CLIP-L"),
+                io.ClipVision.Input("clip_vision",
+                                    tooltip="MS-Diffusion: CLIP-ViT-bigG (clip_vision_g.safetensors); see README for other kinds"),
+                io.Clip.Input("clip", tooltip="the checkpoint's CLIP (MS-Diffusion: SDXL's; the phrase is encoded with its CLIP-L)"),
                 io.Image.Input("image", tooltip="the subject; a batch is several views of the same subject (averaged)"),
                 io.String.Input("phrase", default="", tooltip="the subject's noun as it appears in the prompt, e.g. 'dog'"),
                 io.Mask.Input("mask", optional=True, tooltip="white = subject; the background is blanked before encoding"),
@@ -41,6 +44,13 @@ class EncodeReference(io.ComfyNode):
                     tooltip="where the subject is in the reference for SAM: x1,y1,x2,y2 as fractions (empty = whole image); "
                     "a connected mask is used instead when given",
                 ),
+                SubjectEncoderSocket.Input("subject_encoder", optional=True,
+                                           tooltip="encode here with this encoder (errors show on this node); "
+                                           "without it, Apply encodes the subject"),
+                io.Vae.Input("vae", optional=True, tooltip="for kinds that encode the reference with the VAE (see README)"),
+                io.String.Input("query", default="", optional=True,
+                                tooltip="for kinds that pick the subject inside the reference by text (SSR-Encoder): "
+                                "the words that select it; empty = the phrase"),
             ],
             outputs=[
                 SubjectsSocket.Output(display_name="subjects"),
@@ -50,7 +60,8 @@ class EncodeReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision, clip, image, phrase: str, mask=None, subjects=None,
-                background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "") -> io.NodeOutput:
+                background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
+                query: str = "") -> io.NodeOutput:
         phrase = phrase.strip()
         if not phrase:
             raise ValueError("Encode Reference: the phrase is empty; give the subject's noun as it appears in the prompt, e.g. 'dog'")
@@ -58,9 +69,14 @@ class EncodeReference(io.ComfyNode):
         if background_removal != NO_BACKGROUND_REMOVAL:
             box = parse_single_box(sam_box, "sam_box") if sam_box.strip() else None
             subject_mask = segment_views(folder_paths.get_full_path_or_raise(SAM_FOLDER, background_removal), rgb, box, subject_mask)
-        pixels = rgb if subject_mask is None else blank_background(rgb, subject_mask)
-        features = clip_vision.encode_image(pixels, crop=False)["penultimate_hidden_states"]
-        subject = Subject(phrase, features.float().cpu(), encode_phrase(clip, phrase).cpu(), clip.tokenizer)
+        reference = Reference(phrase, rgb.float().cpu(), None if subject_mask is None else subject_mask.float().cpu(),
+                              clip_vision=clip_vision, clip=clip, vae=vae, query=query.strip())
+        subject = Subject(reference)
+        if subject_encoder is not None:
+            try:
+                subject.encoded(subject_encoder)
+            except SubjectSetupError as e:
+                raise SubjectSetupError(f"Encode Reference: {e}") from e
         if subject_mask is None:
             subject_mask = torch.ones(rgb.shape[:3])
         return io.NodeOutput(tuple(subjects or ()) + (subject,), subject_mask.cpu())

@@ -1,12 +1,14 @@
-"""Load Subject Encoder: ms_adapter.bin (or a .safetensors conversion) from models/msdiffusion."""
+"""Load Subject Encoder: any kind's checkpoint, recognised by its keys (MS-Diffusion, ...)."""
 
 import folder_paths
 from comfy_api.latest import io
 
+from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
 from ..attention_patches.safe_text import quoted
-from ..attention_patches.subject_encoder import load_subject_encoder
-from .paths import SUBJECT_ENCODER_FOLDER
+from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SubjectEncoderSocket
+
+KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
 
 
 class LoadSubjectEncoder(io.ComfyNode):
@@ -16,13 +18,13 @@ class LoadSubjectEncoder(io.ComfyNode):
             node_id="MSP_LoadSubjectEncoder",
             display_name="Load Subject Encoder",
             category=CATEGORY,
-            description="Loads the MS-Diffusion subject encoder (grounded resampler + cross-attention adapters) "
-            "from models/msdiffusion: the official ms_adapter.bin or a .safetensors conversion.",
+            description="Loads a subject encoder; its kind is recognised from the file's keys. "
+            f"Folders: {KNOWN_FILES}.",
             inputs=[
                 io.Combo.Input(
                     "encoder_name",
-                    options=folder_paths.get_filename_list(SUBJECT_ENCODER_FOLDER),
-                    tooltip="ms_adapter.bin from the MS-Diffusion release, placed in models/msdiffusion",
+                    options=sorted(encoder_files()),
+                    tooltip="ms_adapter.bin from the MS-Diffusion release, placed in models/msdiffusion (other kinds: see README)",
                 ),
             ],
             outputs=[SubjectEncoderSocket.Output(display_name="subject_encoder")],
@@ -30,13 +32,16 @@ class LoadSubjectEncoder(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, encoder_name: str) -> bool | str:
-        if folder_paths.get_full_path(SUBJECT_ENCODER_FOLDER, encoder_name) is None:
-            folders = ", ".join(folder_paths.get_folder_paths(SUBJECT_ENCODER_FOLDER))
-            return (f"{quoted(encoder_name)} is not in models/msdiffusion (looked in: {folders}). Download ms_adapter.bin from "
-                    "the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion) into one of those folders.")
+        if encoder_path(encoder_name) is None:
+            folders = ", ".join(path for folder in model_folders() for path in folder_paths.get_folder_paths(folder))
+            return (f"{quoted(encoder_name)} is not in the subject-encoder folders (looked in: {folders}). Put the file where it "
+                    f"belongs ({KNOWN_FILES}); MS-Diffusion: ms_adapter.bin from the MS-Diffusion release "
+                    "(Hugging Face doge1516/MS-Diffusion).")
         return True
 
     @classmethod
     def execute(cls, encoder_name: str) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(SUBJECT_ENCODER_FOLDER, encoder_name)
+        path = encoder_path(encoder_name)
+        if path is None:
+            raise FileNotFoundError(f"Load Subject Encoder: '{encoder_name}' not found")
         return io.NodeOutput(load_subject_encoder(path))

@@ -89,7 +89,7 @@ def tiny_encoder_path(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_path):
-    return pack("attention_patches.subject_encoder").load_subject_encoder(tiny_encoder_path)
+    return pack("attention_patches.kinds.registry").load_subject_encoder(tiny_encoder_path)
 
 
 @pytest.fixture(scope="session")

@@ -265,6 +265,18 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
         assert apply["inputs"]["auto_routing"] is True and previews
 
 
+def test_a_workflow_saved_before_the_encoder_kinds_still_runs(examples_server, object_info):
+    """Encode Reference saved with three widget values (no 'query'): the inputs added since take their defaults."""
+    workflow = load_workflow(EXAMPLES_DIR / "two_subjects.json")
+    for node in by_type(workflow, "MSP_EncodeReference"):
+        node["widgets_values"] = node["widgets_values"][:3]
+    prompt = runnable_prompt(workflow, object_info)
+    encoders = [n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_EncodeReference"]
+    assert len(encoders) == 2 and all("query" not in inputs and inputs["phrase"] for inputs in encoders)
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+
+
 def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, object_info):
     """With auto routing the preview adds the per-step routes to the layout's box routes: a larger sheet."""
     workflow = load_workflow(EXAMPLES_DIR / "auto_routing.json")

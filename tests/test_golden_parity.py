@@ -69,7 +69,6 @@ def golden_patch(weights, image_tokens, boxes, scales, **routing_options):
         bank=bank,
         bank_patcher=comfy.model_patcher.ModelPatcher(bank, torch.device("cpu"), torch.device("cpu")),
         boxes=boxes,
-        downscales={KEY: 1},
         **routing_options,
     )
     return patch_mod.MultiSubjectAttention(KEY, (routing,))

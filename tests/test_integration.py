@@ -11,7 +11,8 @@ import comfy.model_patcher
 from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
 from msp_package import pack
 
-layer_map = pack("attention_patches.layer_map")
+layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
+grids = pack("attention_patches.layer_map")
 patch_mod = pack("attention_patches.patch")
 routing = pack("attention_patches.routing")
 injection = pack("attention_patches.injection")
@@ -52,8 +53,8 @@ def test_every_registered_key_fires_at_its_width_and_resolution(patched, tiny_cl
     for index, key in tiny_encoder.layer_keys.items():
         call = seen[key]
         h, w = call["options"]["activations_shape"][-2:]
-        downscale = tiny_encoder.downscales[key]
-        assert (h, w) == (layer_map.latent_grid(LATENT[0], downscale), layer_map.latent_grid(LATENT[1], downscale))
+        downscale = {(span.block, span.number): span.downscale for span in layer_map.SDXL_BLOCKS}[key[:2]]
+        assert (h, w) == (grids.latent_grid(LATENT[0], downscale), grids.latent_grid(LATENT[1], downscale))
         assert call["q"].shape[-1] == tiny_encoder.module.layer(index).hidden_size
         # the image branch ran: positive rows differ from plain text attention
         rows = patch_mod.chunk_rows(call["options"]["cond_or_uncond"], call["q"].shape[0])

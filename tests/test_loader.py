@@ -13,8 +13,8 @@ from msp_package import pack
 
 loader = pack("models.loader")
 convert = pack("models.convert")
-layer_map = pack("attention_patches.layer_map")
-subject_encoder = pack("attention_patches.subject_encoder")
+layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
+subject_encoder = pack("attention_patches.kinds.registry")
 nodes = pack("nodes")
 
 

@@ -8,10 +8,12 @@ from msp_package import pack
 
 nodes = pack("nodes")
 references = pack("attention_patches.references")
+ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
 
 DOCUMENTED = {
     "MSP_LoadSubjectEncoder": (["encoder_name"], ["MSP_SUBJECT_ENCODER"]),
-    "MSP_EncodeReference": (["clip_vision", "clip", "image", "phrase", "mask", "subjects", "background_removal", "sam_box"],
+    "MSP_EncodeReference": (["clip_vision", "clip", "image", "phrase", "mask", "subjects", "background_removal", "sam_box",
+                             "subject_encoder", "vae", "query"],
                             ["MSP_SUBJECTS", "MASK"]),
     "MSP_DrawLayoutBox": (["boxes", "width", "height", "preset", "image", "mask"], ["MSP_LAYOUT"]),
     "MSP_ApplyMultiSubjectAttention": (["model", "subject_encoder", "subjects", "layout", "scale", "subject_scales",
@@ -53,23 +55,23 @@ def test_phrase_is_clip_l_unprojected_pooled_output(tiny_clip):
         ids = tokenizer(phrase, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             expected = reference(ids).pooler_output[0]
-        assert torch.allclose(references.encode_phrase(tiny_clip, phrase), expected, atol=1e-4)
+        assert torch.allclose(ms_diffusion.encode_phrase(tiny_clip, phrase), expected, atol=1e-4)
     # the CLIP's options are left as they were
     assert tiny_clip.cond_stage_model.clip_l.return_projected_pooled is True
 
 
-def test_encode_reference_chains_and_averages_views(tiny_vision, tiny_clip):
+def test_encode_reference_chains_and_averages_views(tiny_vision, tiny_clip, tiny_encoder):
     subjects = encode_subjects(tiny_vision, tiny_clip, ["dog", "cat", "dog"])
     assert [s.phrase for s in subjects] == ["dog", "cat", "dog"]
     views = reference_image(3, views=4)
     out = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=views, phrase="  hat ", subjects=subjects)
     chained, mask = out.args
     assert len(chained) == 4 and chained[-1].phrase == "hat"
-    assert chained[-1].image_features.shape[0] == 4  # one row per view; the resampler averages them at Apply
+    assert chained[-1].encoded(tiny_encoder).image_features.shape[0] == 4  # one row per view; the resampler averages them at Apply
     assert mask.shape == (4, 64, 48) and mask.min() == 1
 
 
-def test_mask_and_alpha_blank_the_background(tiny_vision, tiny_clip):
+def test_mask_and_alpha_blank_the_background(tiny_vision, tiny_clip, tiny_encoder):
     image = reference_image(5)
     mask = torch.zeros(1, 32, 24)
     mask[:, 8:24, 6:18] = 1.0
@@ -78,20 +80,20 @@ def test_mask_and_alpha_blank_the_background(tiny_vision, tiny_clip):
     assert used.shape == (1, 64, 48) and used[0, 0, 0] == 0 and used[0, 32, 24] == 1
     rgba = torch.cat([image, used[..., None]], dim=-1)
     from_alpha = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=rgba, phrase="dog")
-    assert torch.allclose(from_alpha.args[0][0].image_features, subject.image_features, atol=1e-5)
+    assert torch.allclose(from_alpha.args[0][0].encoded(tiny_encoder).image_features, subject.encoded(tiny_encoder).image_features, atol=1e-5)
     plain = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog")
-    assert not torch.allclose(plain.args[0][0].image_features, subject.image_features)
+    assert not torch.allclose(plain.args[0][0].encoded(tiny_encoder).image_features, subject.encoded(tiny_encoder).image_features)
     blank = references.blank_background(image[..., :3], used)
     assert torch.all(blank[0, 0, 0] == 1.0) and torch.equal(blank[0, 32, 24], image[0, 32, 24])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 40, 30, 1), (2, 50, 50, 2), (16, 32, 32, 3)])
-def test_odd_references_encode(tiny_vision, tiny_clip, shape):
+def test_odd_references_encode(tiny_vision, tiny_clip, tiny_encoder, shape):
     """1-pixel, grey, grey + alpha and a batch of 16 views."""
     image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     subjects, mask = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog").args
-    assert subjects[0].image_features.shape[:2] == (shape[0], 257)
-    assert torch.isfinite(subjects[0].image_features).all() and mask.shape == shape[:3]
+    assert subjects[0].encoded(tiny_encoder).image_features.shape[:2] == (shape[0], 257)
+    assert torch.isfinite(subjects[0].encoded(tiny_encoder).image_features).all() and mask.shape == shape[:3]
 
 
 def test_empty_phrase_is_refused(tiny_vision, tiny_clip):
@@ -131,8 +133,8 @@ def test_subject_scales_and_time_window(tiny_unet, tiny_encoder, tiny_vision, ti
 def test_drop_grounding_uses_the_learned_latents(tiny_unet, tiny_encoder, tiny_vision, tiny_clip):
     subjects = encode_subjects(tiny_vision, tiny_clip, ["dog"])
     boxes = torch.tensor([[0.1, 0.1, 0.6, 0.6]])
-    features = [subjects[0].image_features]
-    phrase = subjects[0].phrase_embedding[None]
+    features = [subjects[0].encoded(tiny_encoder).image_features]
+    phrase = subjects[0].encoded(tiny_encoder).phrase_embedding[None]
     grounded = tiny_encoder.encode_subjects(features, phrase, boxes, False)
     dropped = tiny_encoder.encode_subjects(features, phrase, boxes, True)
     moved = tiny_encoder.encode_subjects(features, phrase, boxes + 0.3, True)

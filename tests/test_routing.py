@@ -237,7 +237,7 @@ def test_preview_shows_the_dynamic_routes_at_chosen_steps(tiny_unet, tiny_encode
 def test_feather_softens_routes_beyond_the_box(tiny_unet, tiny_encoder, subjects, tiny_clip):
     model, routes = apply(tiny_unet, tiny_encoder, subjects, feather=4.0)
     patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4, 0)]
-    soft = patch.routings[0].box_routes(("input", 4, 0), 8, 12, torch.device("cpu")).routes
+    soft = patch.routings[0].box_routes(8, 12, LATENT[0], torch.device("cpu")).routes  # input 4: half the latent
     exact = routing.box_routes(torch.tensor(BOXES), 8, 12)
     assert torch.equal(soft[exact > 0], exact[exact > 0])
     assert ((soft > 0) & (soft < 1)).any()

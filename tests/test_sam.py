@@ -33,7 +33,7 @@ def test_variants_are_detected_from_the_keys():
         sam.sam_variant({"model.diffusion_model.x": torch.zeros(1)})
 
 
-def test_sam_cuts_out_the_subject_and_that_mask_is_what_gets_encoded(sam_file, tiny_vision, tiny_clip, monkeypatch):
+def test_sam_cuts_out_the_subject_and_that_mask_is_what_gets_encoded(sam_file, tiny_vision, tiny_clip, tiny_encoder, monkeypatch):
     torch.set_num_threads(2)
     assert sam_file.name in nodes.EncodeReference.define_schema().inputs[6].options
     seen = []
@@ -46,12 +46,14 @@ def test_sam_cuts_out_the_subject_and_that_mask_is_what_gets_encoded(sam_file, t
     monkeypatch.setattr(tiny_vision, "encode_image", spy)
     image = reference_image(4, size=(48, 64))
     subjects, mask = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog",
+                                                   subject_encoder=tiny_encoder,
                                                    background_removal=sam_file.name, sam_box="0.1, 0.1, 0.9, 0.9").args
     assert mask.shape == (1, 48, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(seen[-1], references.blank_background(image, mask))
     rough = torch.zeros(1, 48, 64)
     rough[:, 10:30, 20:50] = 1
     _, prompted = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog", mask=rough,
+                                                subject_encoder=tiny_encoder,
                                                 background_removal=sam_file.name).args
     assert prompted.shape == (1, 48, 64)
     assert torch.equal(seen[-1], references.blank_background(image, prompted))

@@ -84,6 +84,17 @@ class Subject:
         return self.encodings[key]
 
 
+def encodings_of(encoder: SubjectEncoder, subjects: tuple[Subject, ...]) -> list:
+    """Every subject's encoding by ``encoder`` (memoised); an error names the subject it is about."""
+    encoded = []
+    for number, subject in enumerate(subjects, start=1):
+        try:
+            encoded.append(subject.encoded(encoder))
+        except SubjectSetupError as e:
+            raise SubjectSetupError(f"subject {number} ('{subject.phrase}'): {e}") from e
+    return encoded
+
+
 class SubjectEncoder(ABC):
     """A loaded subject encoder of one kind: the MSP_SUBJECT_ENCODER socket's payload."""
 

@@ -1,0 +1,1 @@
+"""Kinds of subject encoder: the interface (``base``), the registry (``registry``) and one folder per kind."""
