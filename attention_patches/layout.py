@@ -180,28 +180,40 @@ def boxes_from_mask(mask: torch.Tensor) -> tuple[LayoutBox, ...]:
     """One box per batch entry of ``mask`` [B, H, W], or per connected region when B == 1.
 
     Regions are ordered left to right (then top to bottom), batch entries keep their order.
+    At most ``MAX_BOXES`` of either; the regions' extents come from one labelling pass, so the
+    work and memory do not grow with the number of regions.
     """
     from scipy import ndimage
 
     if mask.dim() == 2:
         mask = mask[None]
-    height, width = mask.shape[-2:]
-    binary = (mask > 0.5).cpu().numpy()
-    if binary.shape[0] > 1:
-        regions = [entry for entry in binary if entry.any()]
+    if mask.dim() != 3:
+        raise LayoutError(f"the layout MASK must be [batch, height, width], got shape {list(mask.shape)}")
+    entries, height, width = mask.shape
+    if entries > MAX_BOXES:
+        raise LayoutError(f"the layout MASK has {entries} batch entries; at most {MAX_BOXES} subjects (one per entry) are supported")
+    if entries > 1:
+        extents = [_extent(ndimage.find_objects((entry > 0.5).cpu().numpy().astype("uint8"))) for entry in mask]
+        extents = [e for e in extents if e is not None]
     else:
-        labels, count = ndimage.label(binary[0])
-        regions = [labels == i for i in range(1, count + 1)]
-    boxes = []
-    for region in regions:
-        ys, xs = region.nonzero()
-        boxes.append(LayoutBox(float(xs.min() / width), float(ys.min() / height),
-                               float((xs.max() + 1) / width), float((ys.max() + 1) / height)))
+        labels, count = ndimage.label((mask[0] > 0.5).cpu().numpy())
+        if count > MAX_BOXES:
+            raise LayoutError(
+                f"the layout MASK has {count} separate regions; at most {MAX_BOXES} are supported (one per subject): "
+                "paint one solid region per subject, or give one batch entry per subject"
+            )
+        extents = [_extent([found]) for found in ndimage.find_objects(labels)]
+    boxes = [LayoutBox(xs.start / width, ys.start / height, xs.stop / width, ys.stop / height) for ys, xs in extents]
     if not boxes:
         raise LayoutError("the layout MASK is empty: paint one region per subject, or disconnect it to use the drawn boxes")
-    if binary.shape[0] == 1:
+    if entries == 1:
         boxes.sort(key=lambda b: (b.x1, b.y1))
     return tuple(boxes)
+
+
+def _extent(found: list) -> tuple[slice, slice] | None:
+    """The (rows, columns) slices of scipy's find_objects for one label, None when it found nothing."""
+    return found[0] if found and found[0] is not None else None
 
 
 def make_layout(text: str, width: int, height: int, preset: str = CUSTOM_PRESET) -> Layout:
