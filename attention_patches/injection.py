@@ -113,13 +113,16 @@ def route_subjects(
     boxes: torch.Tensor,
     settings: ApplySettings,
     recorder: RouteRecorder | None = None,
+    negative: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
     """A clone of ``model`` whose attn2 blocks at the projections' keys route the subjects; ``model`` is untouched.
 
     ``projections`` are each layer's [S, T, C] subject keys and (scaled) values in the model's
     compute dtype; ``boxes`` the [S, 4] normalised boxes (whole-image boxes for a kind without a layout).
+    ``negative``, shaped like ``projections``, are what the negative rows attend to (routed the same
+    way) for kinds whose unconditional pass has tokens of its own; without it they get none.
     """
-    bank = SubjectBank(projections)
+    bank = SubjectBank(projections, negative)
     routing = SubjectRouting(
         bank=bank,
         bank_patcher=comfy.model_patcher.ModelPatcher(bank, load_device=model.load_device, offload_device=model.offload_device),
@@ -142,3 +145,4 @@ def route_subjects(
     if not patched.get_wrappers(sampler_wrappers, WRAPPER_KEY):
         patched.add_wrapper_with_key(sampler_wrappers, WRAPPER_KEY, sampler_sample_wrapper)
     return patched
+

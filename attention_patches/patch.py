@@ -112,12 +112,12 @@ class SubjectRouting:
             self._routes[cache_key] = RouteMask(box_routes(self.boxes.to(device), height, width, feather))
         return self._routes[cache_key]
 
-    def tokens(self, key: AttnKey, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's subject keys/values on ``device`` in ``dtype`` (cast once, then cached)."""
-        layer = self.bank.layer(key)
+    def tokens(self, key: AttnKey, device: torch.device, dtype: torch.dtype, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's subject keys/values (or the negative rows' ones) on ``device`` in ``dtype`` (cast once, then cached)."""
+        layer = self.bank.layer(key, negative)
         if layer.key.device == device and layer.key.dtype == dtype:
             return layer.key, layer.value
-        cache_key = (key, device, dtype)
+        cache_key = (key, device, dtype, negative)
         if cache_key not in self._tokens:
             self._tokens[cache_key] = (layer.key.to(device, dtype), layer.value.to(device, dtype))
         return self._tokens[cache_key]
@@ -150,6 +150,11 @@ class SubjectRouting:
         if self.recorder is not None:
             self.recorder.add(step, height, width, routes.routes)
         return routed_image_attention(q, keys, values, routes, heads)
+
+    def negative_image_attention(self, key: AttnKey, q: torch.Tensor, grid: tuple[int, int, int], heads: int) -> torch.Tensor:
+        """Image-branch output [U, N, C] of the negative rows ``q`` over the bank's negative tokens, box-routed."""
+        keys, values = self.tokens(key, q.device, q.dtype, negative=True)
+        return routed_image_attention(q, keys, values, self.box_routes(*grid, q.device), heads)
 
 
 def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> slice | torch.Tensor | None:
@@ -201,22 +206,23 @@ class MultiSubjectAttention:
 
         cond_or_uncond = extra_options.get("cond_or_uncond", [POSITIVE])
         rows = chunk_rows(cond_or_uncond, q.shape[0])
-        active = [r for r in self.routings if r.is_active(extra_options)] if rows is not None else []
-        if not active:
+        negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
+        routings = [r for r in self.routings if r.is_active(extra_options)]
+        active = routings if rows is not None else []
+        with_negative = [r for r in routings if r.bank.has_negative] if negative is not None else []
+        if not active and not with_negative:
             return self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
         run = extra_options.get(RUN_STATE_KEY)
         auto = [r for r in active if r.auto is not None] if run is not None else []
-        q_pos, k_pos = q[rows], k[rows]
         maps, text = {}, None
         if auto:
             # one softmax gives every auto routing's phrase maps and, unless another pack's patch
             # computes the text attention, the positive rows' text attention too
             selectors = torch.cat([r.selectors(k.shape[1], q.device) for r in auto], dim=1)
-            all_maps, text = phrase_attention_maps(q_pos, k_pos, heads, selectors, v[rows] if self.base is None else None)
+            all_maps, text = phrase_attention_maps(q[rows], k[rows], heads, selectors, v[rows] if self.base is None else None)
             maps = dict(zip(auto, all_maps.split([len(r.auto.phrase_tokens) for r in auto], dim=1)))
         if text is not None:
             out = torch.empty_like(q)
-            negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
             if negative is not None:
                 out[negative] = attention(q[negative], k[negative], v[negative])
         else:
@@ -224,22 +230,32 @@ class MultiSubjectAttention:
         height, width = extra_options["activations_shape"][-2:]
         original = extra_options.get("original_shape")
         grid = (height, width, original[-2] if original else height)
-        step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
-        image = None
-        for routing in active:
-            part = routing.image_attention(self.key, q_pos, grid, heads, run, step, maps.get(routing))
-            image = part if image is None else image + part
-        image = image.to(out.dtype)
-        if text is not None:  # the positive rows are written once: text + image
-            if isinstance(rows, slice):
-                torch.add(text, image, out=out[rows])
-            else:
-                out.index_copy_(0, rows.to(out.device), image.add_(text))
-        elif isinstance(rows, slice):
-            out[rows] += image
-        else:
-            out.index_add_(0, rows.to(out.device), image)
+        if active:
+            step = sampling_step(extra_options) if any(r.needs_step for r in active) else 0  # avoids a device sync
+            q_pos = q[rows]
+            image = None
+            for routing in active:
+                part = routing.image_attention(self.key, q_pos, grid, heads, run, step, maps.get(routing))
+                image = part if image is None else image + part
+            add_rows(out, rows, image.to(out.dtype), text)
+        if with_negative:
+            q_neg = q[negative]
+            image = sum(r.negative_image_attention(self.key, q_neg, grid, heads) for r in with_negative)
+            add_rows(out, negative, image.to(out.dtype))
         return out
+
+
+def add_rows(out: torch.Tensor, rows: slice | torch.Tensor, image: torch.Tensor, text: torch.Tensor | None = None) -> None:
+    """out[rows] += image, or out[rows] = text + image when the text attention was computed apart."""
+    if text is not None:  # the rows are written once: text + image
+        if isinstance(rows, slice):
+            torch.add(text, image, out=out[rows])
+        else:
+            out.index_copy_(0, rows.to(out.device), image.add_(text))
+    elif isinstance(rows, slice):
+        out[rows] += image
+    else:
+        out.index_add_(0, rows.to(out.device), image)
 
 
 def routings_in(transformer_options: dict) -> list[SubjectRouting]:

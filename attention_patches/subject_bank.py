@@ -27,12 +27,25 @@ class LayerTokens(nn.Module):
 
 
 class SubjectBank(nn.Module):
-    def __init__(self, projections: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]]):
+    """Per layer: the subjects' keys/values for the positive rows and, optionally, the ones the negative rows attend to.
+
+    Kinds whose unconditional pass sees tokens of its own (SSR-Encoder's empty-query/zero-image
+    tokens) give ``negative`` projections shaped like the positive ones (one row per subject),
+    so the negative rows are routed exactly like the positive rows.
+    """
+
+    def __init__(self, projections: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]],
+                 negative: dict[AttnKey, tuple[torch.Tensor, torch.Tensor]] | None = None):
         super().__init__()
         self.layers = nn.ModuleDict({key_name(key): LayerTokens(k, v) for key, (k, v) in projections.items()})
+        self.negative_layers = nn.ModuleDict({key_name(key): LayerTokens(k, v) for key, (k, v) in (negative or {}).items()})
 
-    def layer(self, key: AttnKey) -> LayerTokens:
-        return self.layers[key_name(key)]
+    def layer(self, key: AttnKey, negative: bool = False) -> LayerTokens:
+        return (self.negative_layers if negative else self.layers)[key_name(key)]
+
+    @property
+    def has_negative(self) -> bool:
+        return len(self.negative_layers) > 0
 
     @property
     def num_subjects(self) -> int:

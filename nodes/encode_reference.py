@@ -51,6 +51,9 @@ class EncodeReference(io.ComfyNode):
                 io.String.Input("query", default="", optional=True,
                                 tooltip="for kinds that pick the subject inside the reference by text (SSR-Encoder): "
                                 "the words that select it; empty = the phrase"),
+                io.Float.Input("mask_weight", default=5.0, min=0.0, max=20.0, step=0.1, optional=True,
+                               tooltip="for kinds that pick the subject inside the reference by the mask (SSR-Encoder): "
+                               "how strongly the mask picks it (official default 5; its mask demo uses 1)"),
             ],
             outputs=[
                 SubjectsSocket.Output(display_name="subjects"),
@@ -61,7 +64,7 @@ class EncodeReference(io.ComfyNode):
     @classmethod
     def execute(cls, clip_vision, clip, image, phrase: str, mask=None, subjects=None,
                 background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
-                query: str = "") -> io.NodeOutput:
+                query: str = "", mask_weight: float = 5.0) -> io.NodeOutput:
         phrase = phrase.strip()
         if not phrase:
             raise ValueError("Encode Reference: the phrase is empty; give the subject's noun as it appears in the prompt, e.g. 'dog'")
@@ -70,7 +73,8 @@ class EncodeReference(io.ComfyNode):
             box = parse_single_box(sam_box, "sam_box") if sam_box.strip() else None
             subject_mask = segment_views(folder_paths.get_full_path_or_raise(SAM_FOLDER, background_removal), rgb, box, subject_mask)
         reference = Reference(phrase, rgb.float().cpu(), None if subject_mask is None else subject_mask.float().cpu(),
-                              clip_vision=clip_vision, clip=clip, vae=vae, query=query.strip())
+                              clip_vision=clip_vision, clip=clip, vae=vae, query=query.strip(),
+                              mask_weight=mask_weight)
         subject = Subject(reference)
         if subject_encoder is not None:
             try:

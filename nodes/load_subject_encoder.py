@@ -9,6 +9,7 @@ from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SubjectEncoderSocket
 
 KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
+WHERE_TO_GET = "; ".join(f"{kind.title}: {kind.where_to_get}" for kind in KINDS if kind.where_to_get)
 
 
 class LoadSubjectEncoder(io.ComfyNode):
@@ -24,7 +25,7 @@ class LoadSubjectEncoder(io.ComfyNode):
                 io.Combo.Input(
                     "encoder_name",
                     options=sorted(encoder_files()),
-                    tooltip="ms_adapter.bin from the MS-Diffusion release, placed in models/msdiffusion (other kinds: see README)",
+                    tooltip=f"a subject encoder file; its kind is recognised from its keys ({KNOWN_FILES})",
                 ),
             ],
             outputs=[SubjectEncoderSocket.Output(display_name="subject_encoder")],
@@ -35,8 +36,7 @@ class LoadSubjectEncoder(io.ComfyNode):
         if encoder_path(encoder_name) is None:
             folders = ", ".join(path for folder in model_folders() for path in folder_paths.get_folder_paths(folder))
             return (f"{quoted(encoder_name)} is not in the subject-encoder folders (looked in: {folders}). Put the file where it "
-                    f"belongs ({KNOWN_FILES}); MS-Diffusion: ms_adapter.bin from the MS-Diffusion release "
-                    "(Hugging Face doge1516/MS-Diffusion).")
+                    f"belongs ({KNOWN_FILES}). Downloads: {WHERE_TO_GET}.")
         return True
 
     @classmethod

@@ -32,9 +32,18 @@ from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noq
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
-EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+SD15_EXAMPLES = {"ssr_two_subjects", "ssr_one_photo_two_subjects"}  # SSR-Encoder on SD1.5
+EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"} | SD15_EXAMPLES
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
+SD15_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors", "CLIPVisionLoader": "clip-vit-large-patch14.safetensors",
+                    "MSP_LoadSubjectEncoder": "pytorch_model.bin"}
+# the official defaults of each kind: (CFG, sampler, subject scale)
+DEFAULTS = {"SDXL": (7.5, "euler", 0.6), "SD1.5": (5.0, "euler", 0.65)}
+
+
+def base_model(path) -> str:
+    return "SD1.5" if path.stem in SD15_EXAMPLES else "SDXL"
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
 
@@ -53,7 +62,7 @@ def examples_server(comfy_server, tiny):
     from PIL import ImageDraw
 
     inputs = comfy_server.base / "input"
-    for i, name in enumerate(("beach.png", "teddy_bear.png")):
+    for i, name in enumerate(("beach.png", "teddy_bear.png", "man_and_dog.png")):
         pixels = np.random.default_rng(10 + i).integers(0, 255, (72, 96, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(inputs / name)
     edges = Image.new("RGB", (160, 160), "black")
@@ -61,6 +70,9 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
+    import tiny_sd15
+
+    tiny_sd15.save_ssr_files(comfy_server.base / "models" / "ssr_encoder", tiny_sd15.ssr_manifest(), "official")
     for path in EXAMPLES:
         for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
@@ -168,14 +180,15 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    for node_type, name in REAL_MODELS.items():
+    for node_type, name in (SD15_REAL_MODELS if base_model(path) == "SD1.5" else REAL_MODELS).items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
+    cfg, sampler_name, default_scale = DEFAULTS[base_model(path)]
     prompt = workflow_to_prompt(workflow, object_info)
     layout_mod = pack("attention_patches.layout")
     for node_id, node in prompt.items():
         inputs = node["inputs"]
         if node["class_type"] == "KSampler":
-            assert (inputs["cfg"], inputs["sampler_name"]) == (7.5, "euler")
+            assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler_name)
             if inputs["denoise"] == 1.0:
                 assert inputs["steps"] == 30
             text = positive_text(prompt, node_id)
@@ -188,13 +201,16 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
         ref = prompt[ref[0]]["inputs"].get("subjects")
     for phrase in subjects:
         assert phrase in text, (path.name, phrase, text)
-    box_node = prompt[apply["layout"][0]]["inputs"]
-    layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
-    assert len(layout.boxes) == len(subjects), path.name
-    assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
+    if "layout" in apply:
+        box_node = prompt[apply["layout"][0]]["inputs"]
+        layout = layout_mod.make_layout(box_node["boxes"], box_node["width"], box_node["height"], box_node["preset"])
+        assert len(layout.boxes) == len(subjects), path.name
+        assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
+    else:
+        assert base_model(path) == "SD1.5", f"{path.name}: only SSR-Encoder acts without a layout"
     parsed = pack("nodes.apply_attention").parse_subject_scales(apply.get("subject_scales", ""))
     scales = list(parsed) if parsed else [apply["scale"]] * len(subjects)
-    assert scales in ([0.6] * len(subjects), [0.6, 0.4]), (path.name, scales)
+    assert scales in ([default_scale] * len(subjects), [0.6, 0.4]), (path.name, scales)
     if apply["auto_routing"]:
         assert apply["prompt"] == text and (apply["mask_threshold"], apply["start_step"]) == (0.5, 5)
 
@@ -207,6 +223,8 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "lora": {"LoraLoader": 1},
     "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
     "auto_routing": {"MSP_RouterMaskPreview": 1},
+    "ssr_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 2, "MSP_DrawLayoutBox": 0},
+    "ssr_one_photo_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 1, "MSP_DrawLayoutBox": 1, "MSP_RouterMaskPreview": 1},
 }
 
 
@@ -229,6 +247,11 @@ def test_example_contains_what_it_shows(path, object_info):
     if path.stem == "lora":
         lora_id = next(i for i, n in prompt.items() if n["class_type"] == "LoraLoader")
         assert apply["model"] == [lora_id, 0]
+    if path.stem in SD15_EXAMPLES:  # each subject picked from its photo by a query
+        encodes = [n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_EncodeReference"]
+        assert all(e["query"] and e["phrase"] in e["query"] for e in encodes)
+        if path.stem == "ssr_one_photo_two_subjects":
+            assert len({tuple(e["image"]) for e in encodes}) == 1 and all(e["subject_encoder"] == apply["subject_encoder"] for e in encodes)
     if path.stem == "hires_fix":
         second = next(s for s in samplers if s["denoise"] < 1.0)
         assert second["denoise"] == 0.5 and prompt[second["latent_image"][0]]["class_type"] == "LatentUpscaleBy"

@@ -13,7 +13,7 @@ ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
 DOCUMENTED = {
     "MSP_LoadSubjectEncoder": (["encoder_name"], ["MSP_SUBJECT_ENCODER"]),
     "MSP_EncodeReference": (["clip_vision", "clip", "image", "phrase", "mask", "subjects", "background_removal", "sam_box",
-                             "subject_encoder", "vae", "query"],
+                             "subject_encoder", "vae", "query", "mask_weight"],
                             ["MSP_SUBJECTS", "MASK"]),
     "MSP_DrawLayoutBox": (["boxes", "width", "height", "preset", "image", "mask"], ["MSP_LAYOUT"]),
     "MSP_ApplyMultiSubjectAttention": (["model", "subject_encoder", "subjects", "layout", "scale", "subject_scales",

@@ -70,6 +70,7 @@ class Reference:
     clip: Any = None
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
+    mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
 
     @property
     def query_text(self) -> str:
@@ -125,6 +126,7 @@ class SubjectEncoder(ABC):
     title: ClassVar[str]  # for messages, e.g. "MS-Diffusion (SDXL)"
     base_model: ClassVar[str]  # the base model family it patches, for messages: "SDXL", "SD1.5", "FLUX"
     model_folders: ClassVar[tuple[str, ...]]  # folders under models/ it is loaded from; the first is the documented one
+    where_to_get: ClassVar[str] = ""  # which files users download and from where, for a missing-file error
     preview_downscales: ClassVar[tuple[int, ...]] = ()  # latent pixels per token of the layers whose routes are previewed
 
     name: str  # the file the user picked, for messages

@@ -12,8 +12,9 @@ from ...models.safe_load import CheckpointError, foreign_format, read_keys
 from ..safe_text import quoted
 from .base import SubjectEncoder
 from .ms_diffusion import MSDiffusionSDXL
+from .ssr_encoder import SSREncoder
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL,)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder)
 
 
 class UnknownEncoderError(CheckpointError):

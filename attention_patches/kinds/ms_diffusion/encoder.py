@@ -65,6 +65,7 @@ class MSDiffusionSDXL(SubjectEncoder):
     title = "MS-Diffusion (SDXL)"
     base_model = "SDXL"
     model_folders = ("msdiffusion",)
+    where_to_get = "ms_adapter.bin from the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion)"
     preview_downscales = SDXL_DOWNSCALES
 
     def __init__(self, name: str, module: MSDiffusionEncoder, patcher: comfy.model_patcher.ModelPatcher):

@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
+from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402
+
 CATEGORY = "multi_subject/testing"
 
 
@@ -40,7 +42,7 @@ class TinyCheckpointLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name):
-        return io.NodeOutput(*checkpoint())
+        return io.NodeOutput(*(checkpoint_for(ckpt_name) or checkpoint()))
 
 
 class TinySD15Loader(io.ComfyNode):
@@ -65,7 +67,7 @@ class TinyCLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, variant):
-        return io.NodeOutput(clip_vision(variant))
+        return io.NodeOutput(clip_vision_for(clip_name) or clip_vision(variant))
 
 
 @lru_cache(maxsize=None)
