@@ -11,10 +11,12 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..models.sam import load_sam, segment
+from .safe_text import quoted
 
 BACKGROUND = 1.0  # blanked background: white, like MS-Bench's product shots
 MAX_REFERENCE_SIDE = 1024  # larger views are downscaled, one at a time, before anything is stacked
 MAX_REFERENCE_VIEWS = 64
+MAX_PHRASE_LENGTH = 200  # characters; a phrase is a noun or two, as in the prompt
 
 
 class ReferenceError(ValueError):
@@ -63,6 +65,17 @@ def split_reference(image: torch.Tensor, mask: torch.Tensor | None = None) -> tu
     if used is not None:
         _check_mask(used, mask is not None, alpha is not None)
     return rgb.contiguous(), None if used is None else used.clamp(0, 1)
+
+
+def checked_phrase(phrase: str, name: str = "phrase", optional: bool = False) -> str:
+    """The stripped phrase, or a named error when it is empty (unless ``optional``) or longer than ``MAX_PHRASE_LENGTH``."""
+    phrase = phrase.strip() if isinstance(phrase, str) else ""
+    if not phrase and not optional:
+        raise ReferenceError(f"the {name} is empty; give the subject's noun as it appears in the prompt, e.g. 'dog'")
+    if len(phrase) > MAX_PHRASE_LENGTH:
+        raise ReferenceError(f"the {name} has {len(phrase)} characters; at most {MAX_PHRASE_LENGTH}: give the subject's "
+                             f"noun as it appears in the prompt, e.g. 'dog' (got {quoted(phrase, 40)})")
+    return phrase
 
 
 def _check_image(image) -> None:

@@ -18,6 +18,7 @@ from .layer_map import latent_grid
 from .layout import Layout
 from .recorder import RouteRecorder
 from .routing import box_routes
+from .safe_text import printable
 
 LATENT_SCALE = 8  # image pixels per latent pixel (SDXL VAE)
 # the canvas widget (web/layout_box_canvas.js) draws boxes in the same colours
@@ -94,5 +95,5 @@ def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], siz
     for s, phrase in enumerate(phrases):
         top = CAPTION_HEIGHT + panel_h + 4 + s * LEGEND_ROW_HEIGHT
         draw.rectangle((6, top + 3, 20, top + 17), fill=colour(s))
-        draw.text((28, top + 2), f"{s + 1}  {phrase}", fill=TEXT, font=font)
+        draw.text((28, top + 2), f"{s + 1}  {printable(phrase, 60)}", fill=TEXT, font=font)
     return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0)[None]

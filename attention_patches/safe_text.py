@@ -28,10 +28,15 @@ def _shorten(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """``value`` between quotes, on one line, printable and at most ``limit`` characters of it."""
+def printable(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` on one line, printable, at most ``limit`` characters of it (for messages and drawn labels)."""
     text = value if isinstance(value, str) else str(value)
-    return "'" + _UNSAFE.sub(_escape, _shorten(text, limit)) + "'"
+    return _UNSAFE.sub(_escape, _shorten(text, limit))
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` between quotes, as :func:`printable` makes it."""
+    return f"'{printable(value, limit)}'"
 
 
 def loggable(message: str, limit: int = MESSAGE_LIMIT) -> str:

@@ -5,7 +5,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_attention import ApplyMultiSubjectAttention
-from .draw_layout_box import DrawLayoutBox
+from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
 from .encode_reference import EncodeReference
 from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
@@ -15,6 +15,7 @@ from .safe_errors import loggable_errors
 
 register_model_folders()
 register_prompt_handler()
+register_prompt_handler(settle_unused_boxes)
 
 NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,

@@ -87,7 +87,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         try:
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)
         except SubjectSetupError as e:
-            raise SubjectSetupError(f"{NODE_NAME}: {e}") from e
+            raise SubjectSetupError(f"{NODE_NAME}: {e}") from None
         shown = layout if layout is not None else Layout.whole_image(len(phrases))
         return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 
@@ -104,4 +104,4 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         try:
             return locate_phrases(tokenizer, prompt, [s.phrase for s in subjects])
         except PhraseNotFoundError as e:
-            raise PhraseNotFoundError(f"{NODE_NAME}: {e}") from e
+            raise PhraseNotFoundError(f"{NODE_NAME}: {e}") from None

@@ -43,5 +43,5 @@ class LoadSubjectEncoder(io.ComfyNode):
     def execute(cls, encoder_name: str) -> io.NodeOutput:
         path = encoder_path(encoder_name)
         if path is None:
-            raise FileNotFoundError(f"Load Subject Encoder: '{encoder_name}' not found")
+            raise FileNotFoundError(f"Load Subject Encoder: {quoted(encoder_name)} not found")
         return io.NodeOutput(load_subject_encoder(path))

@@ -54,9 +54,9 @@ def mark_previewed_routes(json_data: dict) -> dict:
     return json_data
 
 
-def register_prompt_handler() -> None:
-    """Hook into the running server, if there is one (not when the pack is imported by tests)."""
+def register_prompt_handler(handler=mark_previewed_routes) -> None:
+    """Hook ``handler`` into the running server, if there is one (not when the pack is imported by tests)."""
     server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
-    if server is not None and mark_previewed_routes not in getattr(server, "on_prompt_handlers", []):
-        server.add_on_prompt_handler(mark_previewed_routes)
-        log.debug("route preview handler registered")
+    if server is not None and handler not in getattr(server, "on_prompt_handlers", []):
+        server.add_on_prompt_handler(handler)
+        log.debug("on-prompt handler %s registered", handler.__name__)

@@ -159,3 +159,37 @@ def test_a_huge_reference_is_downscaled_view_by_view_before_stacking():
     side = references.MAX_REFERENCE_SIDE
     assert rgb.shape == (3, side, side // 2, 3) and used.shape == (3, side, side // 2)
     assert rgb.dtype == torch.float32 and 0.45 < float(rgb.mean()) < 0.55
+
+
+def draw_layout_errors(server, **inputs) -> list:
+    from comfy_server import PromptRefused
+    from graphs import two_subject_graph
+
+    graph = two_subject_graph(preview=False)
+    layout_id = next(i for i, n in graph.nodes.items() if n["class_type"] == "MSP_DrawLayoutBox")
+    graph.nodes[layout_id]["inputs"].update(inputs)
+    with pytest.raises(PromptRefused) as refused:
+        server.run(graph.prompt(), timeout=120)
+    assert refused.value.status == 400
+    return refused.value.body["node_errors"][layout_id]["errors"]
+
+
+def test_a_layout_error_is_shown_once_on_the_boxes_input(comfy_server):
+    errors = draw_layout_errors(comfy_server, boxes="[[0, 0, 0, 0], [0.5, 0, 1, 1]]")
+    assert len(errors) == 1, errors
+    assert errors[0]["extra_info"]["input_name"] == "boxes" and "all zeros" in errors[0]["details"]
+
+
+def test_an_empty_boxes_string_is_refused_at_queue_time(comfy_server):
+    errors = draw_layout_errors(comfy_server, boxes="   ")
+    assert len(errors) == 1 and "no boxes" in errors[0]["details"], errors
+
+
+def test_boxes_a_preset_overrides_may_be_anything(comfy_server):
+    from graphs import two_subject_graph
+
+    graph = two_subject_graph(preview=False)
+    layout_id = next(i for i, n in graph.nodes.items() if n["class_type"] == "MSP_DrawLayoutBox")
+    graph.nodes[layout_id]["inputs"].update(boxes="not json at all", preset="side by side")
+    history = comfy_server.run(graph.prompt(), timeout=120)
+    assert history["status"]["status_str"] == "success", history["status"]

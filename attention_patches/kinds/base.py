@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..auto_routing import AutoRouting
+from ..safe_text import quoted
 
 
 class SubjectSetupError(ValueError):
@@ -115,7 +116,7 @@ def encodings_of(encoder: SubjectEncoder, subjects: tuple[Subject, ...]) -> list
         try:
             encoded.append(subject.encoded(encoder))
         except SubjectSetupError as e:
-            raise SubjectSetupError(f"subject {number} ('{subject.phrase}'): {e}") from e
+            raise SubjectSetupError(f"subject {number} ({quoted(subject.phrase)}): {e}") from None
     return encoded
 
 
