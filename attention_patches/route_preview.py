@@ -49,9 +49,9 @@ class RoutePlan:
             out[(h, w)] = box_routes(boxes, h, w, self.feather / downscale).view(-1, h, w)
         return out
 
-    def image_masks(self, height: int, width: int, step: int | None = None) -> torch.Tensor:
-        """[S, height, width] routes at image size: the boxes, or the finest recorded route at ``step``."""
-        recorded = self.recorder.routes_at(step) if self.recorder is not None and step is not None else {}
+    def image_masks(self, height: int, width: int, step: int | None = None, layers: list[str] | None = None) -> torch.Tensor:
+        """[S, height, width] routes at image size: the boxes, or the finest recorded route at ``step`` (of ``layers``)."""
+        recorded = self.recorder.routes_at(step, layers) if self.recorder is not None and step is not None else {}
         if recorded:
             finest = recorded[max(recorded, key=lambda hw: hw[0] * hw[1])]
             return F.interpolate(finest[None], size=(height, width), mode="nearest")[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, PACK_ROOT, RESULTS_MD, cpu_summary, markdown_table  # noqa: E402
 
-SECTIONS = ("encoder", "attention", "sampling", "unet")
+SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory")
 TARGET_ATTENTION = 1.10  # patched call / lower bound
 TARGET_UNET_BOX = 1.05  # up to 4 subjects
 TARGET_UNET_AUTO = 1.10

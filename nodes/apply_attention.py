@@ -74,7 +74,8 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             auto = AutoRouting(cls._phrase_tokens(subjects, prompt), mask_threshold, start_step)
         hidden = cls.hidden
         previewed = routes_consumed(hidden.prompt, hidden.unique_id) if hidden is not None else False
-        recorder = RouteRecorder() if auto is not None and previewed else None  # box routes are known without sampling
+        # box routes are known without sampling; auto and learned routes are recorded while sampling
+        recorder = RouteRecorder() if previewed and (auto is not None or subject_encoder.learned_routes) else None
         settings = ApplySettings(
             scale=scale,
             subject_scales=parse_subject_scales(subject_scales),

@@ -3,6 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
+from ..attention_patches.kinds.base import SubjectSetupError
 from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
 from ..attention_patches.safe_text import quoted
 from .paths import encoder_files, encoder_path
@@ -27,6 +28,9 @@ class LoadSubjectEncoder(io.ComfyNode):
                     options=sorted(encoder_files()),
                     tooltip=f"a subject encoder file; its kind is recognised from its keys ({KNOWN_FILES})",
                 ),
+                io.StyleModel.Input("style_model", optional=True,
+                                    tooltip="AnyStory: the FLUX.1 Redux style model (Load Style Model with "
+                                    "flux1-redux-dev.safetensors); found in models/style_models when not connected"),
             ],
             outputs=[SubjectEncoderSocket.Output(display_name="subject_encoder")],
         )
@@ -40,8 +44,14 @@ class LoadSubjectEncoder(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, encoder_name: str) -> io.NodeOutput:
+    def execute(cls, encoder_name: str, style_model=None) -> io.NodeOutput:
         path = encoder_path(encoder_name)
         if path is None:
             raise FileNotFoundError(f"Load Subject Encoder: {quoted(encoder_name)} not found")
-        return io.NodeOutput(load_subject_encoder(path))
+        encoder = load_subject_encoder(path)
+        if style_model is not None:
+            try:
+                encoder = encoder.with_style_model(style_model)
+            except SubjectSetupError as e:
+                raise SubjectSetupError(f"Load Subject Encoder: {e}") from None
+        return io.NodeOutput(encoder)

@@ -66,7 +66,12 @@ TINY_STAND_INS = {
     "CheckpointLoaderSimple": ("MSPTest_TinyCheckpointLoader", {}),
     "CLIPVisionLoader": ("MSPTest_TinyCLIPVisionLoader", {"variant": "bigG"}),
     "ControlNetLoader": ("MSPTest_TinyControlNetLoader", {}),
+    "UNETLoader": ("MSPTest_TinyFluxLoader", {}),
+    "DualCLIPLoader": ("MSPTest_TinyFluxClipLoader", {}),
+    "VAELoader": ("MSPTest_TinyFluxVAELoader", {}),
+    "StyleModelLoader": ("MSPTest_TinyReduxLoader", {}),
 }
+
 TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
 TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for SDXL, CLIP-ViT-bigG and ms_adapter.bin "
                "(test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")

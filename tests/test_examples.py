@@ -33,17 +33,24 @@ from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noq
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
 SD15_EXAMPLES = {"ssr_two_subjects", "ssr_one_photo_two_subjects"}  # SSR-Encoder on SD1.5
-EXPECTED = {"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"} | SD15_EXAMPLES
+FLUX_EXAMPLES = {"anystory_flux"}  # AnyStory on FLUX.1-dev
+EXPECTED = ({"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
+            | SD15_EXAMPLES | FLUX_EXAMPLES)
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
 SD15_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors", "CLIPVisionLoader": "clip-vit-large-patch14.safetensors",
                     "MSP_LoadSubjectEncoder": "pytorch_model.bin"}
-# the official defaults of each kind: (CFG, sampler, subject scale)
-DEFAULTS = {"SDXL": (7.5, "euler", 0.6), "SD1.5": (5.0, "euler", 0.65)}
+FLUX_REAL_MODELS = {"UNETLoader": "flux1-dev.safetensors", "VAELoader": "ae.safetensors",
+                    "CLIPVisionLoader": "sigclip_vision_patch14_384.safetensors", "StyleModelLoader": "flux1-redux-dev.safetensors",
+                    "MSP_LoadSubjectEncoder": "anystory_flux.bin"}
+# the official defaults of each kind: (CFG, sampler, subject scale, steps)
+DEFAULTS = {"SDXL": (7.5, "euler", 0.6, 30), "SD1.5": (5.0, "euler", 0.65, 30), "FLUX": (1.0, "euler", 0.6, 25)}
 
 
 def base_model(path) -> str:
-    return "SD1.5" if path.stem in SD15_EXAMPLES else "SDXL"
+    return "SD1.5" if path.stem in SD15_EXAMPLES else "FLUX" if path.stem in FLUX_EXAMPLES else "SDXL"
+
+
 SHRINK = 8  # 1024 px -> 128 px
 TEST_STEPS = 2
 
@@ -70,9 +77,14 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
+    import anystory_tiny
     import tiny_sd15
+    import torch
 
     tiny_sd15.save_ssr_files(comfy_server.base / "models" / "ssr_encoder", tiny_sd15.ssr_manifest(), "official")
+    anystory = comfy_server.base / "models" / "anystory"
+    anystory.mkdir(parents=True, exist_ok=True)
+    torch.save(anystory_tiny.tiny_anystory(base_redux=False), anystory / "anystory_flux.bin")
     for path in EXAMPLES:
         for node in by_type(load_workflow(path), "LoraLoader"):
             target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
@@ -130,7 +142,8 @@ def pixel_size(prompt: dict, ref: list) -> tuple[int, int]:
 def positive_text(prompt: dict, sampler_id: str) -> str:
     ref = prompt[sampler_id]["inputs"]["positive"]
     while prompt[ref[0]]["class_type"] != "CLIPTextEncode":
-        ref = prompt[ref[0]]["inputs"]["positive"]  # through ControlNetApplyAdvanced
+        inputs = prompt[ref[0]]["inputs"]
+        ref = inputs.get("positive", inputs.get("conditioning"))  # through ControlNetApplyAdvanced, FluxGuidance
     return prompt[ref[0]]["inputs"]["text"]
 
 
@@ -180,9 +193,10 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    for node_type, name in (SD15_REAL_MODELS if base_model(path) == "SD1.5" else REAL_MODELS).items():
+    real_models = {"SD1.5": SD15_REAL_MODELS, "FLUX": FLUX_REAL_MODELS}.get(base_model(path), REAL_MODELS)
+    for node_type, name in real_models.items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
-    cfg, sampler_name, default_scale = DEFAULTS[base_model(path)]
+    cfg, sampler_name, default_scale, default_steps = DEFAULTS[base_model(path)]
     prompt = workflow_to_prompt(workflow, object_info)
     layout_mod = pack("attention_patches.layout")
     for node_id, node in prompt.items():
@@ -190,7 +204,7 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
         if node["class_type"] == "KSampler":
             assert (inputs["cfg"], inputs["sampler_name"]) == (cfg, sampler_name)
             if inputs["denoise"] == 1.0:
-                assert inputs["steps"] == 30
+                assert inputs["steps"] == default_steps
             text = positive_text(prompt, node_id)
         if node["class_type"] == "MSP_ApplyMultiSubjectAttention":
             apply = inputs
@@ -207,7 +221,9 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
         assert len(layout.boxes) == len(subjects), path.name
         assert [b.label for b in layout_mod.parse_boxes(box_node["boxes"])] == subjects  # the canvas shows the phrases
     else:
-        assert base_model(path) == "SD1.5", f"{path.name}: only SSR-Encoder acts without a layout"
+        assert base_model(path) in ("SD1.5", "FLUX"), f"{path.name}: only SSR-Encoder and AnyStory act without a layout"
+    if base_model(path) == "FLUX":
+        assert apply["start_percent"] == 0.09  # the multi-subject demo's reference start
     parsed = pack("nodes.apply_attention").parse_subject_scales(apply.get("subject_scales", ""))
     scales = list(parsed) if parsed else [apply["scale"]] * len(subjects)
     assert scales in ([default_scale] * len(subjects), [0.6, 0.4]), (path.name, scales)
@@ -223,6 +239,8 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "lora": {"LoraLoader": 1},
     "hires_fix": {"LatentUpscaleBy": 1, "KSampler": 2},
     "auto_routing": {"MSP_RouterMaskPreview": 1},
+    "anystory_flux": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1, "StyleModelLoader": 1, "FluxGuidance": 1,
+                      "UNETLoader": 1, "DualCLIPLoader": 1},
     "ssr_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 2, "MSP_DrawLayoutBox": 0},
     "ssr_one_photo_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 1, "MSP_DrawLayoutBox": 1, "MSP_RouterMaskPreview": 1},
 }
@@ -289,13 +307,17 @@ def test_example_runs_on_the_real_server(path, examples_server, object_info):
 
 
 def test_a_workflow_saved_before_the_encoder_kinds_still_runs(examples_server, object_info):
-    """Encode Reference saved with three widget values (no 'query'): the inputs added since take their defaults."""
+    """Encode Reference saved with three widget values (no 'query'), Router Mask Preview with one (no 'layers'):
+    the inputs added since take their defaults."""
     workflow = load_workflow(EXAMPLES_DIR / "two_subjects.json")
     for node in by_type(workflow, "MSP_EncodeReference"):
         node["widgets_values"] = node["widgets_values"][:3]
+    for node in by_type(workflow, "MSP_RouterMaskPreview"):
+        node["widgets_values"] = node["widgets_values"][:1]
     prompt = runnable_prompt(workflow, object_info)
     encoders = [n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_EncodeReference"]
     assert len(encoders) == 2 and all("query" not in inputs and inputs["phrase"] for inputs in encoders)
+    assert all("layers" not in n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_RouterMaskPreview")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
 
@@ -316,6 +338,25 @@ def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, o
         sheet = view(examples_server, history["outputs"][preview]["images"][0])
         sizes[auto] = sheet.width * sheet.height
     assert sizes[True] > sizes[False]
+
+
+def test_anystory_preview_shows_the_learned_routes_per_chosen_step_and_block(examples_server, object_info):
+    """The FLUX example's preview: the whole-image panel plus one panel per chosen step (of the chosen blocks)."""
+    prompt = runnable_prompt(load_workflow(EXAMPLES_DIR / "anystory_flux.json"), object_info)
+    preview_id = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
+    preview = prompt[preview_id]["inputs"]
+    widths = {}
+    for steps, layers in (("final", ""), ("1, final", "double_blocks.0, single_blocks.1")):
+        preview.update(steps=steps, layers=layers)
+        history = examples_server.run(prompt)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        widths[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).width
+    panel = widths["final"] // 2  # the whole-image panel and the learned routes of the last step
+    assert widths["1, final"] == 3 * panel
+    preview.update(steps="final", layers="single_blocks.99")
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "error"
+    assert "single_blocks.99" in json.dumps(history["status"]) and "recorded layers" in json.dumps(history["status"])
 
 
 @pytest.mark.parametrize("name, node_type, strengths", [

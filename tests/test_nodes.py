@@ -11,7 +11,7 @@ references = pack("attention_patches.references")
 ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
 
 DOCUMENTED = {
-    "MSP_LoadSubjectEncoder": (["encoder_name"], ["MSP_SUBJECT_ENCODER"]),
+    "MSP_LoadSubjectEncoder": (["encoder_name", "style_model"], ["MSP_SUBJECT_ENCODER"]),
     "MSP_EncodeReference": (["clip_vision", "clip", "image", "phrase", "mask", "subjects", "background_removal", "sam_box",
                              "subject_encoder", "vae", "query", "mask_weight"],
                             ["MSP_SUBJECTS", "MASK"]),
@@ -19,7 +19,7 @@ DOCUMENTED = {
     "MSP_ApplyMultiSubjectAttention": (["model", "subject_encoder", "subjects", "layout", "scale", "subject_scales",
                                         "start_percent", "end_percent", "drop_grounding", "auto_routing", "prompt",
                                         "mask_threshold", "start_step", "feather"], ["MODEL", "MSP_ROUTES"]),
-    "MSP_RouterMaskPreview": (["routes", "latent", "image", "steps"], ["IMAGE", "MASK"]),
+    "MSP_RouterMaskPreview": (["routes", "latent", "image", "steps", "layers"], ["IMAGE", "MASK"]),
 }
 
 

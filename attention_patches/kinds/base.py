@@ -129,6 +129,7 @@ class SubjectEncoder(ABC):
     model_folders: ClassVar[tuple[str, ...]]  # folders under models/ it is loaded from; the first is the documented one
     where_to_get: ClassVar[str] = ""  # which files users download and from where, for a missing-file error
     preview_downscales: ClassVar[tuple[int, ...]] = ()  # latent pixels per token of the layers whose routes are previewed
+    learned_routes: ClassVar[bool] = False  # the model decides the routes while sampling: record them when previewed
 
     name: str  # the file the user picked, for messages
     patcher: Any = None  # the ModelPatcher that owns the weights (ComfyUI's memory manager loads it)
@@ -146,6 +147,10 @@ class SubjectEncoder(ABC):
     def encoding_key(self) -> Hashable:
         """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights."""
         return self.kind
+
+    def with_style_model(self, style_model) -> SubjectEncoder:
+        """This encoder with partner weights from a STYLE_MODEL (Load Subject Encoder's optional input)."""
+        raise SubjectSetupError(f"{self.title} does not use a style model; disconnect Load Subject Encoder's style_model input")
 
     @abstractmethod
     def encode(self, reference: Reference) -> Any:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
 from ..safe_text import quoted
+from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .ms_diffusion import MSDiffusionSDXL
 from .ssr_encoder import SSREncoder
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, AnyStoryEncoder)
 
 
 class UnknownEncoderError(CheckpointError):

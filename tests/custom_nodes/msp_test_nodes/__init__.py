@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiny_models  # noqa: E402
 
+from .flux_stand_ins import FLUX_NODES, siglip_for  # noqa: E402
 from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402
 
 CATEGORY = "multi_subject/testing"
@@ -67,7 +68,7 @@ class TinyCLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, variant):
-        return io.NodeOutput(clip_vision_for(clip_name) or clip_vision(variant))
+        return io.NodeOutput(clip_vision_for(clip_name) or siglip_for(clip_name) or clip_vision(variant))
 
 
 @lru_cache(maxsize=None)
@@ -107,7 +108,7 @@ class LayoutEcho(io.ComfyNode):
 class TestNodes(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho]
+        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho, *FLUX_NODES]
 
 
 async def comfy_entrypoint():
