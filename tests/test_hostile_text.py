@@ -1,6 +1,7 @@
 """Hostile text from users, workflows and file names: every error is safe to log and the server keeps running."""
 
 import json
+import os
 
 import pytest
 
@@ -40,10 +41,32 @@ def test_a_model_file_name_with_non_utf8_bytes_is_an_error_and_the_next_prompt_r
         f.write(b"this is not a checkpoint\n")
     name = "not_a_model_\udcff.bin"  # how Python (and so ComfyUI's file list) spells the byte 0xff
     graph = two_subject_graph(preview=False, encoder=name)
-    history = comfy_server.run(graph.prompt(), timeout=120)
+    try:
+        history = comfy_server.run(graph.prompt(), timeout=120)
+    finally:
+        os.remove(raw)
     error = execution_error(history)
     assert error["node_type"] == "MSP_LoadSubjectEncoder"
     assert "not_a_model_\\udcff.bin" in error["exception_message"]
+    assert_next_prompt_runs(comfy_server)
+
+
+def test_a_lone_surrogate_in_a_box_label_is_logged_safely_and_the_next_prompt_runs(comfy_server):
+    boxes = [{"x1": 0, "y1": 0.25, "x2": 0.4, "y2": 0.75, "label": "d" + LONE_SURROGATE + "g"},
+             {"x1": 0.6, "y1": 0.25, "x2": 1, "y2": 0.75, "label": "cat"}]
+    seen = len(comfy_server.log())
+    history = comfy_server.run(two_subject_graph(preview=False, boxes=boxes, steps=1).prompt(), timeout=120)
+    assert history["status"]["status_str"] == "success"  # a label that differs from its phrase only warns
+    log = comfy_server.log()[seen:]
+    assert "box 1 is labelled 'd\\ud800g' but subject 1 is 'dog'" in log and "Logging error" not in log
+    assert_next_prompt_runs(comfy_server)
+
+
+def test_a_lone_surrogate_in_a_phrase_missing_from_the_prompt_is_an_error_and_the_next_prompt_runs(comfy_server):
+    graph = two_subject_graph(preview=False, auto_routing=True, phrases=("zebra" + LONE_SURROGATE, "cat"))
+    history = comfy_server.run(graph.prompt(), timeout=120)
+    error = execution_error(history)
+    assert error["node_type"] == "MSP_ApplyMultiSubjectAttention" and "zebra\\ud800" in error["exception_message"]
     assert_next_prompt_runs(comfy_server)
 
 
