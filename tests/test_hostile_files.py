@@ -12,6 +12,7 @@ from msp_package import PACK_ROOT, pack
 
 loader = pack("models.loader")
 safe_load = pack("models.safe_load")
+registry = pack("attention_patches.kinds.registry")
 
 DECLARED_ELEMENTS = 2**27  # a 512 MiB float32 tensor, deflated to about 0.5 MB
 
@@ -76,10 +77,12 @@ def test_a_symlink_to_something_that_is_not_a_model_is_named(tmp_path, target):
     targets = {"text file": text, "folder": tmp_path, "device": "/dev/null", "empty file": empty, "zip archive": archive}
     link = tmp_path / "ms_adapter.bin"
     link.symlink_to(targets[target])
-    with pytest.raises(loader.SubjectEncoderFormatError) as error:
-        loader.load_encoder(link)
-    assert "'ms_adapter.bin'" in str(error.value)
-    assert any(word in str(error.value) for word in ("not a PyTorch checkpoint", "not a model file", "empty")), str(error.value)
+    for load, refusal in ((loader.load_encoder, loader.SubjectEncoderFormatError),
+                          (registry.load_subject_encoder, registry.UnknownEncoderError)):  # what Load Subject Encoder calls
+        with pytest.raises(refusal) as error:
+            load(link)
+        assert "'ms_adapter.bin'" in str(error.value)
+        assert any(word in str(error.value) for word in ("not a PyTorch checkpoint", "not a model file", "empty")), str(error.value)
 
 
 def test_a_structure_with_code_is_refused_before_loading(tmp_path):

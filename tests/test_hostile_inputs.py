@@ -131,6 +131,12 @@ def test_unusable_reference_images_are_named_on_encode_reference(tiny_vision, ti
         nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog")
 
 
+def test_a_non_finite_mask_weight_is_named_on_encode_reference(tiny_vision, tiny_clip):
+    with pytest.raises(ValueError, match="mask_weight must be a finite number"):
+        nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=torch.rand(1, 32, 32, 3), phrase="dog",
+                                      mask_weight=float("nan"))
+
+
 def test_an_fp16_reference_encodes_like_fp32(tiny_vision, tiny_clip, tiny_encoder):
     from helpers import reference_image
 

@@ -51,6 +51,7 @@ class ApplySettings:
 
 MAX_SCALE = 3.0  # the scale widget's maximum; far above it the subjects' values swamp the text (black images)
 MAX_FEATHER = 64.0  # latent pixels, the feather widget's maximum
+MAX_MASK_WEIGHT = 20.0  # Encode Reference's mask_weight widget maximum
 
 
 def check_number(name: str, value: object, low: float, high: float) -> None:
@@ -72,6 +73,10 @@ class Reference:
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
     mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
+
+    def __post_init__(self):
+        if self.mask_weight is not None:
+            check_number("mask_weight", self.mask_weight, 0.0, MAX_MASK_WEIGHT)
 
     @property
     def query_text(self) -> str:
