@@ -24,6 +24,7 @@ from ..attention_patches.safe_text import quoted
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_STRUCTURE_BYTES = 64 * 2**20  # a data.pkl describes tensors; hundreds of MB of it is not a checkpoint
+MAX_ENTRIES = 1_000_000  # keys in all its dicts together (ms_adapter.bin has under 2,000)
 ZIP_START = b"PK"
 LEGACY_PICKLE_START = b"\x80"  # torch.save's pre-zip format starts with a pickle protocol opcode
 STORAGE_DTYPES = {
@@ -148,8 +149,25 @@ def read_structure(path: str | Path, error: type[CheckpointError] = CheckpointEr
         raise error(f"{name} is truncated or corrupt ({quoted(type(e).__name__)}). Download it again.") from None
     if not isinstance(obj, dict):
         raise error(f"{name} holds a {type(obj).__name__}, not a dict of tensors")
-    flat = flatten(obj, leaf=TensorStub)
+    flat = _flat_structure(obj, name, error)
     _check_declared_sizes(name, flat, entries, root, file_size, error)
+    return flat
+
+
+def _flat_structure(obj: dict, name: str, error: type[CheckpointError]) -> dict[str, TensorStub]:
+    """Flat stubs, refusing a structure of more than ``MAX_ENTRIES`` entries (shared dicts nest exponentially)."""
+    flat: dict[str, TensorStub] = {}
+    pending, visited = [("", obj)], 0
+    while pending:
+        prefix, node = pending.pop()
+        visited += len(node)
+        if visited > MAX_ENTRIES:
+            raise error(f"{name} describes more than {MAX_ENTRIES} entries; it is not a checkpoint this pack loads.")
+        for key, value in node.items():
+            if isinstance(value, dict):
+                pending.append((f"{prefix}{key}.", value))
+            elif isinstance(value, TensorStub):
+                flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -222,11 +240,11 @@ def foreign_format(keys) -> str | None:
     return None
 
 
-def flatten(obj: dict, prefix: str = "", leaf: type = torch.Tensor) -> dict:
-    flat: dict = {}
+def flatten(obj: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}.", leaf))
-        elif isinstance(value, leaf):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
             flat[f"{prefix}{key}"] = value
     return flat

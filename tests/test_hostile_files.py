@@ -103,3 +103,13 @@ def test_real_checkpoints_still_load(tiny, tmp_path):
         assert loader.load_encoder(path).layer_indices
 
 
+
+
+def test_a_structure_of_shared_dicts_nesting_exponentially_is_refused(tmp_path):
+    level = {"image_proj.x": torch.zeros(1)}
+    for _ in range(40):  # 2**40 keys once flattened, a few hundred bytes pickled
+        level = {"a": level, "b": level}
+    path = tmp_path / "nested.bin"
+    torch.save(level, path)
+    with pytest.raises(safe_load.CheckpointError, match="more than 1000000 entries"):
+        safe_load.read_keys(path)
