@@ -25,8 +25,20 @@ class AutoRouting:
     start_step: int = 5
 
 
+class PromptMismatchError(ValueError):
+    """Auto routing's ``prompt`` does not match the conditioning the sampler got."""
+
+
 def phrase_selectors(phrase_tokens: tuple[tuple[int, ...], ...], text_tokens: int, device: torch.device) -> torch.Tensor:
     """[T, S] float32: column s averages subject s's phrase tokens."""
+    beyond = [(s, max(tokens)) for s, tokens in enumerate(phrase_tokens, start=1) if max(tokens) >= text_tokens]
+    if beyond:
+        subject, position = beyond[0]
+        raise PromptMismatchError(
+            f"Apply Multi-Subject Attention (auto routing): subject {subject}'s phrase is token {position + 1} of the "
+            f"'prompt' input, but the positive conditioning the sampler got has only {text_tokens} tokens. Give 'prompt' "
+            "exactly the positive CLIP Text Encode's text (convert both to inputs and share one text node)."
+        )
     selectors = torch.zeros(text_tokens, len(phrase_tokens), dtype=torch.float32, device=device)
     for subject, tokens in enumerate(phrase_tokens):
         selectors[list(tokens), subject] = 1.0 / len(tokens)

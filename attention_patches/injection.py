@@ -17,6 +17,7 @@ from .layer_map import AttnKey
 from .layout import Layout
 from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
 from .recorder import RouteRecorder
+from .safe_text import quoted
 from .subject_bank import SubjectBank
 
 
@@ -48,7 +49,7 @@ def check_cross_attention(model, encoder, widths: dict[AttnKey, int], context_di
     found_context = model_context_dim(model)
     if found_context is not None and found_context != context_dim:
         raise SubjectSetupError(
-            f"the subject encoder '{encoder.name}' is {encoder.title} (cross-attention width {context_dim}) "
+            f"the subject encoder {quoted(encoder.name)} is {encoder.title} (cross-attention width {context_dim}) "
             f"but the MODEL's cross-attention width is {found_context}: load {a_checkpoint_of(encoder.base_model)} "
             f"(or a {encoder.base_model} fine-tune)"
         )
@@ -58,7 +59,7 @@ def check_cross_attention(model, encoder, widths: dict[AttnKey, int], context_di
         if attn is None or getattr(attn.to_q, "out_features", width) != width:
             found = "no cross-attention there" if attn is None else f"width {attn.to_q.out_features}"
             raise SubjectSetupError(
-                f"the subject encoder '{encoder.name}' does not fit this MODEL: it expects a {width}-wide cross-attention "
+                f"the subject encoder {quoted(encoder.name)} does not fit this MODEL: it expects a {width}-wide cross-attention "
                 f"at {key[0]} {key[1]}.{key[2]}, the MODEL has {found}. Use {a_checkpoint_of(encoder.base_model)}."
             )
 
@@ -68,7 +69,7 @@ def check_subjects_fit_layout(subjects: tuple[Subject, ...], layout: Layout | No
     if not subjects:
         raise SubjectSetupError("no subjects: connect at least one Encode Reference")
     if layout is not None and len(subjects) != len(layout.boxes):
-        phrases = ", ".join(f"'{s.phrase}'" for s in subjects)
+        phrases = ", ".join(quoted(s.phrase, 40) for s in subjects[:8]) + (", ..." if len(subjects) > 8 else "")
         raise SubjectSetupError(
             f"{len(subjects)} subject(s) ({phrases}) but {len(layout.boxes)} box(es): draw exactly one box per subject, "
             "in the order the Encode Reference nodes are chained"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .safe_text import quoted
+
 MAX_BOXES = 32
 MAX_LABEL_LENGTH = 200
 COORDINATES = ("x1", "y1", "x2", "y2")
@@ -81,7 +83,7 @@ def boxes_to_json(boxes) -> str:
 
 def preset_boxes(name: str) -> tuple[LayoutBox, ...]:
     if name not in PRESETS:
-        raise LayoutError(f"unknown layout preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        raise LayoutError(f"unknown layout preset {quoted(name)}; choose one of: {', '.join(PRESETS)}")
     return tuple(LayoutBox(*coords) for coords in PRESETS[name])
 
 
@@ -122,7 +124,7 @@ def _parse_box(number: int, item: object) -> LayoutBox:
         values = list(item)
     else:
         raise LayoutError(f"box {number}: expected {{\"x1\", \"y1\", \"x2\", \"y2\", \"label\"}} or [x1, y1, x2, y2], got {_short(item)}")
-    name = f"box {number}" + (f" ('{label}')" if label else "")
+    name = f"box {number}" + (f" ({quoted(label, 40)})" if label else "")
     coords = [_coordinate(name, coord, value) for coord, value in zip(COORDINATES, values)]
     x1, y1, x2, y2 = coords
     if not any(coords):
@@ -156,10 +158,9 @@ def _coordinate(name: str, coord: str, value: object) -> float:
 
 def _short(value: object) -> str:
     try:
-        text = json.dumps(value)
+        return quoted(json.dumps(value), 60)
     except (TypeError, ValueError, RecursionError):
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
+        return type(value).__name__
 
 
 def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float, float]:
@@ -170,7 +171,7 @@ def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float,
     try:
         item = json.loads(stripped)
     except json.JSONDecodeError:
-        raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got '{text[:60]}'") from None
+        raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got {quoted(text, 60)}") from None
     box = _parse_box(1, item)
     return box.x1, box.y1, box.x2, box.y2
 
@@ -179,28 +180,40 @@ def boxes_from_mask(mask: torch.Tensor) -> tuple[LayoutBox, ...]:
     """One box per batch entry of ``mask`` [B, H, W], or per connected region when B == 1.
 
     Regions are ordered left to right (then top to bottom), batch entries keep their order.
+    At most ``MAX_BOXES`` of either; the regions' extents come from one labelling pass, so the
+    work and memory do not grow with the number of regions.
     """
     from scipy import ndimage
 
     if mask.dim() == 2:
         mask = mask[None]
-    height, width = mask.shape[-2:]
-    binary = (mask > 0.5).cpu().numpy()
-    if binary.shape[0] > 1:
-        regions = [entry for entry in binary if entry.any()]
+    if mask.dim() != 3:
+        raise LayoutError(f"the layout MASK must be [batch, height, width], got shape {list(mask.shape)}")
+    entries, height, width = mask.shape
+    if entries > MAX_BOXES:
+        raise LayoutError(f"the layout MASK has {entries} batch entries; at most {MAX_BOXES} subjects (one per entry) are supported")
+    if entries > 1:
+        extents = [_extent(ndimage.find_objects((entry > 0.5).cpu().numpy().astype("uint8"))) for entry in mask]
+        extents = [e for e in extents if e is not None]
     else:
-        labels, count = ndimage.label(binary[0])
-        regions = [labels == i for i in range(1, count + 1)]
-    boxes = []
-    for region in regions:
-        ys, xs = region.nonzero()
-        boxes.append(LayoutBox(float(xs.min() / width), float(ys.min() / height),
-                               float((xs.max() + 1) / width), float((ys.max() + 1) / height)))
+        labels, count = ndimage.label((mask[0] > 0.5).cpu().numpy())
+        if count > MAX_BOXES:
+            raise LayoutError(
+                f"the layout MASK has {count} separate regions; at most {MAX_BOXES} are supported (one per subject): "
+                "paint one solid region per subject, or give one batch entry per subject"
+            )
+        extents = [_extent([found]) for found in ndimage.find_objects(labels)]
+    boxes = [LayoutBox(xs.start / width, ys.start / height, xs.stop / width, ys.stop / height) for ys, xs in extents]
     if not boxes:
         raise LayoutError("the layout MASK is empty: paint one region per subject, or disconnect it to use the drawn boxes")
-    if binary.shape[0] == 1:
+    if entries == 1:
         boxes.sort(key=lambda b: (b.x1, b.y1))
     return tuple(boxes)
+
+
+def _extent(found: list) -> tuple[slice, slice] | None:
+    """The (rows, columns) slices of scipy's find_objects for one label, None when it found nothing."""
+    return found[0] if found and found[0] is not None else None
 
 
 def make_layout(text: str, width: int, height: int, preset: str = CUSTOM_PRESET) -> Layout:

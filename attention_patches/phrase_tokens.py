@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from string import punctuation
 
+from .safe_text import quoted
+
 
 class PhraseNotFoundError(ValueError):
     pass
@@ -55,10 +57,11 @@ def locate_phrases(tokenizer, prompt: str, phrases: list[str],
         occurrence = seen[phrase]
         seen[phrase] += 1
         if occurrence >= len(starts):
-            found = ", ".join(f"'{w}'" for w in _words(tokenizer, tokens)) or "nothing"
+            words = _words(tokenizer, tokens)
+            found = ", ".join(quoted(w, 40) for w in words[:30]) + (", ..." if len(words) > 30 else "") or "nothing"
             times = "" if not starts else f" {occurrence + 1} times (once per subject with that phrase)"
             raise PhraseNotFoundError(
-                f"subject {number}'s phrase '{phrase}' is not in the prompt{times}; {why}. "
+                f"subject {number}'s phrase {quoted(phrase)} is not in the prompt{times}; {why}. "
                 f"Words in the prompt: {found}. Put the phrase in the prompt or "
                 "change the subject's phrase in Encode Reference."
             )

@@ -18,6 +18,7 @@ from .layer_map import latent_grid
 from .layout import Layout
 from .recorder import RouteRecorder
 from .routing import box_routes
+from .safe_text import printable
 
 LATENT_SCALE = 8  # image pixels per latent pixel (SDXL VAE)
 # the canvas widget (web/layout_box_canvas.js) draws boxes in the same colours
@@ -127,7 +128,7 @@ def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], siz
         top = cell_h * rows + 4 + s * LEGEND_ROW_HEIGHT
         draw.rectangle((5, top + 2, 21, top + 18), fill=HALO, outline=TEXT)
         draw.rectangle((7, top + 4, 19, top + 16), fill=colour(s))
-        draw.text((28, top + 2), f"{s + 1}  {phrase}", fill=TEXT, font=font)
+        draw.text((28, top + 2), f"{s + 1}  {printable(phrase, 60)}", fill=TEXT, font=font)
     for n, note in enumerate(notes):
         draw.text((6, cell_h * rows + legend_h + n * LEGEND_ROW_HEIGHT + 2), note, fill=NOTE, font=font)
     return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0)[None]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..attention_patches.safe_text import quoted
 from .ms_diffusion import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
 from .safe_load import CheckpointError, foreign_format, read_tensors
@@ -116,6 +117,6 @@ def build_encoder(flat: dict[str, torch.Tensor], metadata: dict[str, str] | None
 
 def load_encoder(path: str | Path) -> MSDiffusionEncoder:
     flat, metadata = read_checkpoint(path)
-    encoder = build_encoder(flat, metadata, Path(path).name)
-    log.info("loaded MS-Diffusion encoder %s: %d layers, %s", Path(path).name, len(encoder.layer_indices), encoder.config)
+    encoder = build_encoder(flat, metadata, quoted(Path(path).name))
+    log.info("loaded MS-Diffusion encoder %s: %d layers, %s", quoted(Path(path).name), len(encoder.layer_indices), encoder.config)
     return encoder

@@ -1,20 +1,41 @@
-"""Read tensor checkpoints without ever running code from them.
+"""Read tensor checkpoints without ever running code from them, and look before reading.
 
 ``.safetensors`` through safetensors, pickles only through ``torch.load(weights_only=True)``;
-nested dicts are flattened to dotted keys.
+nested dicts are flattened to dotted keys. Before a pickle's tensors are read, its structure
+is read alone (the zip's ``data.pkl`` with a restricted unpickler that materialises no
+storage), so a foreign file is recognised from its keys and a file whose tensors declare more
+bytes than it holds (a compressed bomb, a forged size) is refused without reading them.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
+import stat
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..attention_patches.safe_text import quoted
+
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 SAFETENSORS_SUFFIX = ".safetensors"
+MAX_STRUCTURE_BYTES = 64 * 2**20  # a data.pkl describes tensors; hundreds of MB of it is not a checkpoint
+MAX_ENTRIES = 1_000_000  # keys in all its dicts together (ms_adapter.bin has under 2,000)
+ZIP_START = b"PK"
+LEGACY_PICKLE_START = b"\x80"  # torch.save's pre-zip format starts with a pickle protocol opcode
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+REFUSED_OBJECTS = (
+    "was refused: it contains Python objects other than tensors, and only plain tensor checkpoints are loaded "
+    "(torch.load with weights_only=True). Use the official file or a .safetensors conversion from a source you trust."
+)
 # What a file is when its keys start like this, for errors that tell users where it belongs.
 FOREIGN_FORMATS = (
     ("ip_adapter.", "an IP-Adapter model (load it with an IP-Adapter pack)"),
@@ -29,42 +50,185 @@ class CheckpointError(ValueError):
     """A file that cannot be read as a plain tensor checkpoint."""
 
 
+@dataclass(frozen=True)
+class _Storage:
+    key: str
+    dtype: torch.dtype
+    numel: int
+
+
+@dataclass(frozen=True)
+class TensorStub:
+    """A tensor of a pickle's structure: its shape and where its bytes are, nothing read."""
+
+    storage: _Storage
+    shape: tuple[int, ...]
+
+
+def _rebuild_tensor(storage, _offset, size, *_args):
+    return TensorStub(storage, tuple(size))
+
+
+def _rebuild_parameter(data, *_args):
+    return data
+
+
+class _StructureUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save ``data.pkl`` into dicts of :class:`TensorStub`; refuses every other object."""
+
+    ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[4], int)):
+            raise pickle.UnpicklingError("unexpected persistent id")
+        if not isinstance(pid[1], torch.dtype):
+            raise pickle.UnpicklingError("unexpected storage type")
+        return _Storage(str(pid[2]), pid[1], pid[4])
+
+
+def _regular_file(path: Path, error: type[CheckpointError]) -> int:
+    """The size of ``path``, refusing what is not a regular file (a symlink to a folder, a device, a pipe)."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise error(f"{quoted(path.name)} cannot be read ({quoted(e.strerror or e)}); check that the file exists") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{quoted(path.name)} is not a model file (it is or points to a folder or a device); "
+                    "put the checkpoint file itself in the folder")
+    if info.st_size == 0:
+        raise error(f"{quoted(path.name)} is empty. Download it again.")
+    return info.st_size
+
+
+def read_structure(path: str | Path, error: type[CheckpointError] = CheckpointError) -> dict[str, TensorStub] | None:
+    """Flat ``{key: TensorStub}`` of a zip-format pickle checkpoint, reading no tensor data.
+
+    None for the pre-zip pickle format (its tensors are no larger than the file). Raises ``error``
+    for a file that is not a checkpoint, holds other objects, or declares more bytes than it holds.
+    """
+    path = Path(path)
+    file_size = _regular_file(path, error)
+    name = quoted(path.name)
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            start = f.read(2)
+        if start == ZIP_START:
+            raise error(f"{name} is truncated or corrupt (an incomplete zip archive). Download it again.")
+        if start[:1] != LEGACY_PICKLE_START:
+            raise error(f"{name} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle). "
+                            "Download the model file again.")
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = {info.filename: info for info in archive.infolist()}
+            structure = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(structure) != 1:
+                raise error(f"{name} is a zip archive but not a PyTorch checkpoint (no data.pkl). Download the model file again.")
+            root = structure[0][: -len("data.pkl")]
+            if entries[structure[0]].file_size > MAX_STRUCTURE_BYTES:
+                raise error(f"{name} declares a {entries[structure[0]].file_size}-byte structure; it is not a checkpoint.")
+            with archive.open(structure[0]) as f:
+                obj = _StructureUnpickler(f).load()
+    except error:
+        raise
+    except pickle.UnpicklingError:
+        raise error(f"{name} {REFUSED_OBJECTS}") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            RecursionError, MemoryError) as e:
+        raise error(f"{name} is truncated or corrupt ({quoted(type(e).__name__)}). Download it again.") from None
+    if not isinstance(obj, dict):
+        raise error(f"{name} holds a {type(obj).__name__}, not a dict of tensors")
+    flat = _flat_structure(obj, name, error)
+    _check_declared_sizes(name, flat, entries, root, file_size, error)
+    return flat
+
+
+def _flat_structure(obj: dict, name: str, error: type[CheckpointError]) -> dict[str, TensorStub]:
+    """Flat stubs, refusing a structure of more than ``MAX_ENTRIES`` entries (shared dicts nest exponentially)."""
+    flat: dict[str, TensorStub] = {}
+    pending, visited = [("", obj)], 0
+    while pending:
+        prefix, node = pending.pop()
+        visited += len(node)
+        if visited > MAX_ENTRIES:
+            raise error(f"{name} describes more than {MAX_ENTRIES} entries; it is not a checkpoint this pack loads.")
+        for key, value in node.items():
+            if isinstance(value, dict):
+                pending.append((f"{prefix}{key}.", value))
+            elif isinstance(value, TensorStub):
+                flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_declared_sizes(name: str, flat: dict[str, TensorStub], entries: dict, root: str, file_size: int,
+                          error: type[CheckpointError]) -> None:
+    """Every storage is stored uncompressed, as big as its tensors say and no bigger than the file."""
+    storages = {stub.storage.key: stub.storage for stub in flat.values()}
+    declared = 0
+    for key, storage in storages.items():
+        entry = entries.get(f"{root}data/{key}")
+        nbytes = storage.numel * storage.dtype.itemsize
+        if entry is None or entry.compress_type != zipfile.ZIP_STORED or entry.file_size != nbytes:
+            raise error(f"{name} is not a plain torch.save checkpoint: tensor data {quoted(key)} is missing, compressed or "
+                        "of another size than its tensors declare. Download the model file again.")
+        declared += nbytes
+    if declared > file_size:
+        raise error(f"{name} declares {declared} bytes of tensors in a {file_size}-byte file. Download it again.")
+
+
 def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Flat ``{key: tensor}`` and the metadata (safetensors only) of ``path``."""
     path = Path(path)
+    name = quoted(path.name)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
+        _regular_file(path, error)
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
-            raise error(f"{path.name} is truncated or not a valid .safetensors file ({e}). Download it again.") from e
+            raise error(f"{name} is truncated or not a valid .safetensors file ({quoted(e)}). Download it again.") from None
     if suffix not in PICKLE_SUFFIXES:
-        raise error(f"{path.name}: unsupported file type '{suffix}'; use .safetensors or a PyTorch .bin/.pth file")
+        raise error(f"{name}: unsupported file type {quoted(suffix)}; use .safetensors or a PyTorch .bin/.pth file")
+    read_structure(path, error)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise error(
-            f"{path.name} was refused: it contains Python objects other than tensors, and only plain tensor "
-            "checkpoints are loaded (torch.load with weights_only=True). Use the official file or a .safetensors "
-            "conversion from a source you trust."
-        ) from e
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
-        raise error(f"{path.name} is truncated or corrupt ({e}). Download it again.") from e
+    except pickle.UnpicklingError:
+        raise error(f"{name} {REFUSED_OBJECTS}") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError) as e:
+        raise error(f"{name} is truncated or corrupt ({quoted(e)}). Download it again.") from None
     if not isinstance(obj, dict):
-        raise error(f"{path.name} holds a {type(obj).__name__}, not a dict of tensors")
+        raise error(f"{name} holds a {type(obj).__name__}, not a dict of tensors")
     return flatten(obj), {}
 
 
 def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) -> frozenset[str]:
-    """The flat tensor keys of ``path``, to recognise what a file is before loading it."""
+    """The flat tensor keys of ``path``, to recognise what a file is before loading it (no tensor is read)."""
     path = Path(path)
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        _regular_file(path, error)
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return frozenset(f.keys())
         except (SafetensorError, OSError, ValueError) as e:
-            raise error(f"{path.name} is truncated or not a valid .safetensors file ({e}). Download it again.") from e
+            raise error(f"{quoted(path.name)} is truncated or not a valid .safetensors file ({quoted(e)}). "
+                        "Download it again.") from None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        structure = read_structure(path, error)
+        if structure is not None:
+            return frozenset(structure)
     return frozenset(read_tensors(path, error)[0])
 
 

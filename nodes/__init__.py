@@ -5,23 +5,25 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_attention import ApplyMultiSubjectAttention
-from .draw_layout_box import DrawLayoutBox
+from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
 from .encode_reference import EncodeReference
 from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
 from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
+from .safe_errors import loggable_errors
 
 register_model_folders()
 register_prompt_handler()
+register_prompt_handler(settle_unused_boxes)
 
-NODES: list[type[io.ComfyNode]] = [
+NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,
     EncodeReference,
     DrawLayoutBox,
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
-]
+)]
 
 
 class MultiSubjectExtension(ComfyExtension):

@@ -8,6 +8,7 @@ from ..attention_patches.layout import Layout
 from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
+from ..attention_patches.safe_text import quoted
 from .route_capture import routes_consumed
 from .subject_warnings import positive_prompts, show_warnings, subject_warnings
 from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
@@ -23,7 +24,7 @@ def parse_subject_scales(text: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"{NODE_NAME}: subject_scales must be numbers separated by commas, e.g. '0.5, 0.9'; got '{text}'") from None
+        raise ValueError(f"{NODE_NAME}: subject_scales must be numbers separated by commas, e.g. '0.5, 0.9'; got {quoted(text)}") from None
 
 
 class ApplyMultiSubjectAttention(io.ComfyNode):
@@ -100,7 +101,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         try:
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)
         except SubjectSetupError as e:
-            raise SubjectSetupError(f"{NODE_NAME}: {e}") from e
+            raise SubjectSetupError(f"{NODE_NAME}: {e}") from None
         labels = [box.label for box in layout.boxes] if layout is not None else []
         positive = positive_prompts(hidden.prompt, hidden.unique_id) if hidden is not None else []
         node_id = hidden.unique_id if hidden is not None else None
@@ -122,4 +123,4 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         try:
             return locate_phrases(tokenizer, prompt, [s.phrase for s in subjects])
         except PhraseNotFoundError as e:
-            raise PhraseNotFoundError(f"{NODE_NAME}: {e}") from e
+            raise PhraseNotFoundError(f"{NODE_NAME}: {e}") from None

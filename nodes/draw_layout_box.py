@@ -8,6 +8,7 @@ from ..attention_patches.layout import (
 )
 from .types import CATEGORY, SEARCHABLE, LayoutSocket
 
+NODE_ID = "MSP_DrawLayoutBox"
 DEFAULT_BOXES = boxes_to_json(preset_boxes("two subjects"))
 
 
@@ -15,7 +16,7 @@ class DrawLayoutBox(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="MSP_DrawLayoutBox",
+            node_id=NODE_ID,
             display_name="Draw Layout Box",
             category=CATEGORY,
             **SEARCHABLE,
@@ -42,9 +43,13 @@ class DrawLayoutBox(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, boxes: str, preset: str) -> bool | str:
-        if preset != CUSTOM_PRESET or not isinstance(boxes, str) or not boxes.strip():
-            return True  # a preset, a linked STRING or a MASK supplies the boxes; checked when run
+    def validate_inputs(cls, boxes: str) -> bool | str:
+        """Queue-time check of the drawn boxes (one argument: ComfyUI repeats the message under each one).
+
+        Boxes a preset or a MASK overrides never get here unparsed: see :func:`settle_unused_boxes`.
+        """
+        if not isinstance(boxes, str):
+            return True  # a linked STRING: checked when run
         try:
             parse_boxes(boxes)
         except LayoutError as e:
@@ -64,13 +69,37 @@ class DrawLayoutBox(io.ComfyNode):
             else:
                 layout = make_layout(boxes, width, height, preset)
         except LayoutError as e:
-            raise LayoutError(f"Draw Layout Box: {e}") from e
+            raise LayoutError(f"Draw Layout Box: {e}") from None  # chained, the log would show the message twice
         shown = {"msp_layout": [layout.to_json()]}
         if image is not None:
             # not under "images": the canvas draws it behind the boxes, and the frontend would add
             # a second, full-size preview under the node (Nodes 2.0)
             shown["msp_image"] = ui.PreviewImage(image[:1], cls=cls).as_dict()["images"]
         return io.NodeOutput(layout, ui=shown)
+
+
+UNUSED_BOXES = boxes_to_json((LayoutBox(0.0, 0.0, 1.0, 1.0),))
+
+
+def settle_unused_boxes(json_data: dict) -> dict:
+    """On-prompt handler: a boxes STRING that a chosen preset or a connected MASK overrides is not checked.
+
+    Such a string may be anything (the canvas keeps broken text until it is fixed); when it does
+    not parse it is replaced by one unlabelled box, which the preset or the MASK overrides as well.
+    """
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    for node in prompt.values() if isinstance(prompt, dict) else ():
+        inputs = node.get("inputs") if isinstance(node, dict) and node.get("class_type") == NODE_ID else None
+        if not isinstance(inputs, dict) or not isinstance(inputs.get("boxes"), str):
+            continue
+        preset = inputs.get("preset", CUSTOM_PRESET)
+        overridden = (isinstance(preset, str) and preset != CUSTOM_PRESET) or isinstance(inputs.get("mask"), list)
+        if overridden:
+            try:
+                parse_boxes(inputs["boxes"])
+            except LayoutError:
+                inputs["boxes"] = UNUSED_BOXES
+    return json_data
 
 
 def _labels_source(text: str) -> tuple[LayoutBox, ...]:

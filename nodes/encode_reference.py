@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import Reference, Subject, SubjectSetupError
 from ..attention_patches.layout import parse_single_box
-from ..attention_patches.references import segment_views, split_reference
+from ..attention_patches.references import checked_phrase, segment_views, split_reference
 from .paths import SAM_FOLDER
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket, SubjectsSocket
 
@@ -66,22 +66,20 @@ class EncodeReference(io.ComfyNode):
     def execute(cls, clip, image, phrase: str, clip_vision=None, mask=None, subjects=None,
                 background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
                 query: str = "", mask_weight: float = 5.0) -> io.NodeOutput:
-        phrase = phrase.strip()
-        if not phrase:
-            raise ValueError("Encode Reference: the phrase is empty; give the subject's noun as it appears in the prompt, e.g. 'dog'")
+        phrase, query = checked_phrase(phrase), checked_phrase(query, "query", optional=True)
         rgb, subject_mask = split_reference(image, mask)
         if background_removal != NO_BACKGROUND_REMOVAL:
             box = parse_single_box(sam_box, "sam_box") if sam_box.strip() else None
             subject_mask = segment_views(folder_paths.get_full_path_or_raise(SAM_FOLDER, background_removal), rgb, box, subject_mask)
         reference = Reference(phrase, rgb.float().cpu(), None if subject_mask is None else subject_mask.float().cpu(),
-                              clip_vision=clip_vision, clip=clip, vae=vae, query=query.strip(),
+                              clip_vision=clip_vision, clip=clip, vae=vae, query=query,
                               mask_weight=mask_weight)
         subject = Subject(reference)
         if subject_encoder is not None:
             try:
                 subject.encoded(subject_encoder)
             except SubjectSetupError as e:
-                raise SubjectSetupError(f"Encode Reference: {e}") from e
+                raise SubjectSetupError(f"Encode Reference: {e}") from None
         if subject_mask is None:
             subject_mask = torch.ones(rgb.shape[:3])
         return io.NodeOutput(tuple(subjects or ()) + (subject,), subject_mask.cpu())

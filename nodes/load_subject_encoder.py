@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import SubjectSetupError
 from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
+from ..attention_patches.safe_text import quoted
 from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 
@@ -39,7 +40,7 @@ class LoadSubjectEncoder(io.ComfyNode):
     def validate_inputs(cls, encoder_name: str) -> bool | str:
         if encoder_path(encoder_name) is None:
             folders = ", ".join(path for folder in model_folders() for path in folder_paths.get_folder_paths(folder))
-            return (f"'{encoder_name}' is not in the subject-encoder folders (looked in: {folders}). Put the file where it "
+            return (f"{quoted(encoder_name)} is not in the subject-encoder folders (looked in: {folders}). Put the file where it "
                     f"belongs ({KNOWN_FILES}). Downloads: {WHERE_TO_GET}.")
         return True
 
@@ -47,11 +48,11 @@ class LoadSubjectEncoder(io.ComfyNode):
     def execute(cls, encoder_name: str, style_model=None) -> io.NodeOutput:
         path = encoder_path(encoder_name)
         if path is None:
-            raise FileNotFoundError(f"Load Subject Encoder: '{encoder_name}' not found")
+            raise FileNotFoundError(f"Load Subject Encoder: {quoted(encoder_name)} not found")
         encoder = load_subject_encoder(path)
         if style_model is not None:
             try:
                 encoder = encoder.with_style_model(style_model)
             except SubjectSetupError as e:
-                raise SubjectSetupError(f"Load Subject Encoder: {e}") from e
+                raise SubjectSetupError(f"Load Subject Encoder: {e}") from None
         return io.NodeOutput(encoder)

@@ -8,6 +8,7 @@ only ever talk to this interface, so a new kind is a new folder plus one line in
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..auto_routing import AutoRouting
+from ..safe_text import quoted
 
 
 class SubjectSetupError(ValueError):
@@ -36,6 +38,29 @@ class ApplySettings:
     auto: AutoRouting | None = None
     prompt: str = ""  # the positive prompt text (auto routing, token positions)
 
+    def __post_init__(self):
+        """Numbers a linked input or an API prompt sends unchecked (NaN passes ComfyUI's min/max) are refused by name."""
+        check_number("scale", self.scale, 0.0, MAX_SCALE)
+        for number, value in enumerate(self.subject_scales or (), start=1):
+            check_number(f"subject_scales (subject {number})", value, 0.0, MAX_SCALE)
+        check_number("start_percent", self.start_percent, 0.0, 1.0)
+        check_number("end_percent", self.end_percent, 0.0, 1.0)
+        check_number("feather", self.feather, 0.0, MAX_FEATHER)
+        if self.auto is not None:
+            check_number("mask_threshold", self.auto.mask_threshold, 0.0, 1.0)
+
+
+MAX_SCALE = 3.0  # the scale widget's maximum; far above it the subjects' values swamp the text (black images)
+MAX_FEATHER = 64.0  # latent pixels, the feather widget's maximum
+MAX_MASK_WEIGHT = 20.0  # Encode Reference's mask_weight widget maximum
+
+
+def check_number(name: str, value: object, low: float, high: float) -> None:
+    """A SubjectSetupError naming ``name`` unless ``value`` is a finite number within [low, high]."""
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or not low <= value <= high:
+        raise SubjectSetupError(f"{name} must be a finite number from {low:g} to {high:g}, got {value!r:.40}")
+
 
 @dataclass(frozen=True, eq=False)
 class Reference:
@@ -49,6 +74,10 @@ class Reference:
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
     mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
+
+    def __post_init__(self):
+        if self.mask_weight is not None:
+            check_number("mask_weight", self.mask_weight, 0.0, MAX_MASK_WEIGHT)
 
     @property
     def query_text(self) -> str:
@@ -93,7 +122,7 @@ def encodings_of(encoder: SubjectEncoder, subjects: tuple[Subject, ...]) -> list
         try:
             encoded.append(subject.encoded(encoder))
         except SubjectSetupError as e:
-            raise SubjectSetupError(f"subject {number} ('{subject.phrase}'): {e}") from e
+            raise SubjectSetupError(f"subject {number} ({quoted(subject.phrase)}): {e}") from None
     return encoded
 
 

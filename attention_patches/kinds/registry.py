@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
+from ..safe_text import quoted
 from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .fastcomposer import FastComposerEncoder
@@ -36,7 +37,7 @@ def kind_of(path: str | Path) -> type[SubjectEncoder]:
             return kind
     known = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
     what = foreign_format(keys)
-    raise UnknownEncoderError(f"{path.name} is {what or 'not a subject encoder'}; this pack loads: {known}.")
+    raise UnknownEncoderError(f"{quoted(path.name)} is {what or 'not a subject encoder'}; this pack loads: {known}.")
 
 
 def load_subject_encoder(path: str | Path) -> SubjectEncoder:

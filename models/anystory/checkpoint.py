@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...attention_patches.safe_text import quoted
 from ..safe_load import CheckpointError, read_tensors
 from .lora import LowRank, StreamLoRA
 
@@ -210,14 +211,14 @@ def build_weights(flat: dict[str, torch.Tensor], name: str = "checkpoint") -> An
     ref = _stream_loras("ref", parts["ref"], hidden, name, ignored)
     router = _stream_loras("router", parts["router"], hidden, name, ignored)
     if ignored:
-        log.info("%s: %d LoRA module(s) the official forward never switches on are ignored (e.g. %s)", name, len(ignored), ignored[0])
+        log.info("%s: %d LoRA module(s) the official forward never switches on are ignored (e.g. %s)", name, len(ignored), quoted(ignored[0]))
     return AnyStoryWeights(ref, router, routing, redux, router_embedder, hidden, tuple(ignored))
 
 
 def load_weights(path: str | Path) -> AnyStoryWeights:
     path = Path(path)
     flat, _ = read_tensors(path, AnyStoryFormatError)
-    return build_weights(flat, path.name)
+    return build_weights(flat, quoted(path.name))
 
 
 def recognises(keys) -> bool:

@@ -20,6 +20,7 @@ from ....models.ms_diffusion import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
 from ...references import blank_background, image_encoder_family
+from ...safe_text import quoted
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
@@ -82,7 +83,7 @@ class MSDiffusionSDXL(SubjectEncoder):
         unknown = sorted(set(module.layer_indices) - set(SDXL_ADAPTER_INDICES))
         if unknown:
             raise SubjectEncoderFormatError(
-                f"{Path(path).name} has adapter layers {unknown[:5]} that SDXL does not have; only SDXL MS-Diffusion encoders are supported"
+                f"{quoted(Path(path).name)} has adapter layers {unknown[:5]} that SDXL does not have; only SDXL MS-Diffusion encoders are supported"
             )
         params = sum(p.numel() for p in module.parameters())
         dtype = mm.unet_dtype(model_params=params, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])

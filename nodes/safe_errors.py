@@ -1,0 +1,47 @@
+"""Every error a pack node shows is safe to log, whatever text reached it.
+
+The pack's own messages quote outside text with ``safe_text.quoted``; this guard also covers
+messages built elsewhere (torch, safetensors, the OS) from a file name or a phrase. ComfyUI's
+log stream dies on a lone surrogate and takes the prompt worker with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from ..attention_patches.safe_text import is_loggable, loggable
+
+GUARDED_METHODS = ("execute", "validate_inputs")
+
+
+def _safe_exception(error: Exception) -> Exception:
+    message = loggable(str(error))
+    try:
+        safe = type(error)(message)
+    except Exception:  # an exception type with another constructor: keep its name in the message
+        return RuntimeError(f"{type(error).__name__}: {message}")
+    return safe if is_loggable(str(safe)) else RuntimeError(message)
+
+
+def _guard(method):
+    @functools.wraps(method)
+    def guarded(cls, *args, **kwargs):
+        try:
+            result = method(cls, *args, **kwargs)
+        except Exception as error:
+            if is_loggable(str(error)):
+                raise
+            raise _safe_exception(error) from None  # the original message is what must not reach the log
+        return loggable(result) if isinstance(result, str) else result  # validate_inputs' message
+
+    guarded.__signature__ = inspect.signature(method)  # ComfyUI reads validate_inputs' argument names
+    return guarded
+
+
+def loggable_errors(node_class: type) -> type:
+    """``node_class`` with its execute/validate_inputs errors and messages made loggable."""
+    for name in GUARDED_METHODS:
+        if name in node_class.__dict__:
+            setattr(node_class, name, classmethod(_guard(node_class.__dict__[name].__func__)))
+    return node_class
