@@ -37,12 +37,15 @@ def test_ssr_is_a_registered_kind_with_its_folders():
 
 def test_load_subject_encoder_lists_and_loads_every_ssr_file(folders):
     options = nodes.LoadSubjectEncoder.define_schema().inputs[0].options
-    for name in ("pytorch_model.bin", "pytorch_model_1.bin", "ssr_aligner.safetensors", "ssr_attentions.safetensors"):
-        assert name in options
-        assert registry.kind_of(nodes.paths.encoder_path(name)) is SSREncoder
-        encoder = nodes.LoadSubjectEncoder.execute(encoder_name=name).args[0]
+    listed = {entry: choice for choice, entry in nodes.paths.encoder_files().items()}
+    for folder, name in (("ssr_encoder", "pytorch_model.bin"), ("ssr_encoder", "pytorch_model_1.bin"),
+                         ("ssr", "ssr_aligner.safetensors"), ("ssr", "ssr_attentions.safetensors")):
+        choice = listed[(folder, name)]  # the bare name, or folder/name when another kind's folder has the same name
+        assert choice in options and choice in (name, f"{folder}/{name}")
+        assert registry.kind_of(nodes.paths.encoder_path(choice)) is SSREncoder
+        encoder = nodes.LoadSubjectEncoder.execute(encoder_name=choice).args[0]
         assert isinstance(encoder, SSREncoder) and len(encoder.checkpoint.layers) == 16
-    official = nodes.LoadSubjectEncoder.execute(encoder_name="pytorch_model_1.bin").args[0]
+    official = nodes.LoadSubjectEncoder.execute(encoder_name=listed[("ssr_encoder", "pytorch_model_1.bin")]).args[0]
     community = nodes.LoadSubjectEncoder.execute(encoder_name="ssr_aligner.safetensors").args[0]
     assert not torch.equal(official.checkpoint.aligner.to_q.weight, community.checkpoint.aligner.to_q.weight)
 
