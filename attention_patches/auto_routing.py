@@ -37,7 +37,7 @@ def phrase_selectors(phrase_tokens: tuple[tuple[int, ...], ...], text_tokens: in
         raise PromptMismatchError(
             f"Apply Multi-Subject Attention (auto routing): subject {subject}'s phrase is token {position + 1} of the "
             f"'prompt' input, but the positive conditioning the sampler got has only {text_tokens} tokens. Give 'prompt' "
-            "exactly the positive CLIP Text Encode's text (convert both to inputs and share one text node)."
+            "exactly the positive CLIP Text Encode's text (drag one text node's link onto both 'prompt' and its 'text')."
         )
     selectors = torch.zeros(text_tokens, len(phrase_tokens), dtype=torch.float32, device=device)
     for subject, tokens in enumerate(phrase_tokens):

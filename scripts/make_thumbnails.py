@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # last: a host's own modules (ComfyUI's nodes.py) must keep winning when this is imported
 
 from attention_patches.layout import Layout, LayoutBox, make_layout  # noqa: E402
 from attention_patches.route_preview import colour  # noqa: E402

@@ -123,7 +123,8 @@ class FastComposerEncoder(SubjectEncoder):
         if not prompt.strip():
             raise SubjectSetupError(
                 "FastComposer needs the positive prompt in Apply's 'prompt' input (the same text as the positive CLIP Text "
-                "Encode: convert both to an input and share one text node) to find each person's word"
+                "Encode: type it there too, or drag one text node's link onto both 'prompt' and its 'text') to find each "
+                "person's word"
             )
         tokenizer = subjects[0].tokenizer
         if tokenizer is None:
