@@ -13,6 +13,15 @@ nodes = pack("nodes")
 patch_mod = pack("attention_patches.patch")
 
 
+GOLDEN_TOLERANCE = 1e-4  # max abs error against an official golden, fp32
+
+
+def assert_close(actual, expected, what: str = "", *, tolerance: float = GOLDEN_TOLERANCE) -> None:
+    """Golden parity: the largest absolute difference is within ``tolerance``."""
+    error = (actual.float() - expected.float()).abs().max().item()
+    assert error <= tolerance, f"{what + ': ' if what else ''}max abs error {error:.3g} > {tolerance}"
+
+
 def encode_text(clip, text: str, width: int = 1024, height: int = 1024):
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
     for _, extra in cond:

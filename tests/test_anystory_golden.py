@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
+from helpers import GOLDEN_TOLERANCE, assert_close
 from msp_package import pack
 
-TOLERANCE = 1e-4
+TOLERANCE = GOLDEN_TOLERANCE
 SIGLIP_TOLERANCE = 5e-3
 pytestmark = pytest.mark.golden
 
@@ -18,11 +19,6 @@ streams = pack("attention_patches.kinds.anystory.streams")
 patch_mod = pack("attention_patches.kinds.anystory.patch")
 gating = pack("attention_patches.kinds.anystory.gating")
 encoder_mod = pack("attention_patches.kinds.anystory.encoder")
-
-
-def assert_close(actual, expected, tolerance=TOLERANCE):
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= tolerance, f"max abs error {error:.3g} > {tolerance}"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +97,7 @@ def test_siglip_preprocessing_features_and_tokens(gold, encoder, tiny_siglip):
     with torch.no_grad():
         features, tokens = encoder_mod.siglip_features(tiny_siglip, image, mask)
         # ComfyUI's SigLIP itself differs from HF's by ~2.5e-3 at this size (with HF's eps too): not the pack's code
-        assert_close(features, tensors["pre.out.siglip_last_hidden_state"], SIGLIP_TOLERANCE)
+        assert_close(features, tensors["pre.out.siglip_last_hidden_state"], tolerance=SIGLIP_TOLERANCE)
         redux, router = encoder.embedders()
         assert_close(redux(tensors["pre.out.siglip_last_hidden_state"], tokens), tensors["pre.out.redux"])
         assert_close(router(tensors["pre.out.siglip_last_hidden_state"], tokens), tensors["pre.out.router"])

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from fastcomposer_support import encode_ids, fastcomposer_encoder, sd15_clip
+from helpers import GOLDEN_TOLERANCE, assert_close
 from msp_package import pack
 
-TOLERANCE = 1e-4
+TOLERANCE = GOLDEN_TOLERANCE
 WINDOW_TOLERANCE = 1e-6  # cases.json rounds the percent windows to 6 decimals
 pytestmark = pytest.mark.golden
 
@@ -22,11 +23,6 @@ delay = pack("models.fastcomposer.delay")
 loader = pack("models.fastcomposer.loader")
 fusion_patch = pack("attention_patches.kinds.fastcomposer.fusion_patch")
 tokens = pack("attention_patches.kinds.fastcomposer.tokens")
-
-
-def assert_close(actual, expected, what=""):
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= TOLERANCE, f"{what}: max abs error {error:.3g} > {TOLERANCE}"
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from helpers import GOLDEN_TOLERANCE, assert_close
 from msp_package import pack
 
-TOLERANCE = 1e-4
+TOLERANCE = GOLDEN_TOLERANCE
 pytestmark = pytest.mark.golden
 
 loader = pack("models.loader")
@@ -16,11 +17,6 @@ auto_routing = pack("attention_patches.auto_routing")
 subject_bank = pack("attention_patches.subject_bank")
 
 KEY = ("input", 4, 0)
-
-
-def assert_close(actual, expected):
-    error = (actual - expected).abs().max().item()
-    assert error <= TOLERANCE, f"max abs error {error:.3g} > {TOLERANCE}"
 
 
 @pytest.fixture(scope="module")

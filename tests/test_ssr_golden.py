@@ -8,6 +8,7 @@ import torch
 
 import comfy.ldm.modules.attention  # noqa: F401  (the patch's attention)
 
+from helpers import GOLDEN_TOLERANCE, assert_close
 from msp_package import pack
 from tiny_sd15 import clip_vision_from_config
 
@@ -23,7 +24,7 @@ patch_mod = pack("attention_patches.patch")
 bank_mod = pack("attention_patches.subject_bank")
 base = pack("attention_patches.kinds.base")
 
-TOLERANCE = 1e-4
+TOLERANCE = GOLDEN_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def aligner(encoder_tensors):
 
 def close(a, b):
     assert a.shape == b.shape
-    assert (a.float() - b.float()).abs().max().item() <= TOLERANCE
+    assert_close(a, b)
 
 
 def test_pixels_are_the_official_clip_image_processor_ones(encoder_tensors):
