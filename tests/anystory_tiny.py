@@ -8,7 +8,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
 
-from tiny_models import fill_seeded
+from tiny_models import clip_vision_model, fill_seeded
 
 HIDDEN, HEADS, MLP = 32, 2, 128
 DOUBLE, SINGLE = 2, 2
@@ -114,19 +114,10 @@ def flux_conditioning(seed: int, tokens: int = 6) -> list:
 
 def tiny_siglip(seed: int = 14):
     """A ComfyUI SigLIP vision model (384 px, 27x27 patches) at width SIGLIP_DIM: the sigclip stand-in."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    import comfy.clip_vision
-
     config = {"num_channels": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": SIGLIP_DIM, "image_size": 384,
               "intermediate_size": SIGLIP_DIM * 2, "model_type": "siglip_vision_model", "num_attention_heads": 2,
               "num_hidden_layers": 2, "patch_size": 14, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "tiny_siglip.json"
-        path.write_text(json.dumps(config))
-        model = comfy.clip_vision.ClipVisionModel(str(path))
+    model = clip_vision_model(config)
     fill_seeded(model.model, seed)
     return model
 

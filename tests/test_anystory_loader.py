@@ -77,13 +77,18 @@ def test_inert_loras_are_ignored(golden_set):
     assert not any(".img_mlp.0" in t or ".txt_mlp.0" in t for t in weights.ref.targets() + weights.router.targets())
 
 
-def test_recognised_by_keys_and_bad_files_named(tmp_path, golden_set):
-    tensors = golden_set("anystory").tensors("weights")
+def official_layout(golden_set) -> dict:
+    """The golden weights nested as anystory_flux.bin holds them: {"ref": ..., "redux": ..., "router": ...}."""
     nested = {"ref": {}, "redux": {}, "router": {}}
-    for k, v in tensors.items():
+    for k, v in golden_set("anystory").tensors("weights").items():
         if k.startswith("anystory."):
             part, _, rest = k.removeprefix("anystory.").partition(".")
             nested[part][rest] = v
+    return nested
+
+
+def test_recognised_by_keys_and_bad_files_named(tmp_path, golden_set):
+    nested = official_layout(golden_set)
     path = tmp_path / "anystory_flux.bin"
     torch.save(nested, path)
     assert checkpoint.recognises(pack("models.safe_load").read_keys(path))
@@ -99,12 +104,7 @@ def test_recognised_by_keys_and_bad_files_named(tmp_path, golden_set):
 
 def test_conversion_to_safetensors_round_trips(tmp_path, golden_set):
     convert = pack("models.anystory.convert")
-    tensors = golden_set("anystory").tensors("weights")
-    nested = {"ref": {}, "redux": {}, "router": {}}
-    for k, v in tensors.items():
-        if k.startswith("anystory."):
-            part, _, rest = k.removeprefix("anystory.").partition(".")
-            nested[part][rest] = v
+    nested = official_layout(golden_set)
     torch.save(nested, tmp_path / "anystory_flux.bin")
     target = convert.convert(tmp_path / "anystory_flux.bin", tmp_path / "anystory_flux.safetensors")
     keys = pack("models.safe_load").read_keys(target)

@@ -126,12 +126,17 @@ def tiny_clip_vision(seed: int = 2, width: int = VISION_WIDTH) -> comfy.clip_vis
         "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 3,
         "patch_size": 14, "projection_dim": 32, "torch_dtype": "float32",
     }
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "tiny_clip_vision.json"
-        path.write_text(json.dumps(config))
-        model = comfy.clip_vision.ClipVisionModel(str(path))
+    model = clip_vision_model(config)
     fill_seeded(model.model, seed)
     return model
+
+
+def clip_vision_model(config: dict) -> comfy.clip_vision.ClipVisionModel:
+    """ComfyUI's own ClipVisionModel built from an HF-style config (CLIP or SigLIP), weights uninitialised."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "clip_vision.json"
+        path.write_text(json.dumps(config))
+        return comfy.clip_vision.ClipVisionModel(str(path))
 
 
 def tiny_vae(seed: int = 3) -> comfy.sd.VAE:

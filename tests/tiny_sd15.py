@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import comfy.clip_vision
 import comfy.sd
 import comfy.supported_models
 from msp_package import pack
-from tiny_models import _tiny_unet, fill_seeded
+from tiny_models import _tiny_unet, clip_vision_model, fill_seeded
 
 TEXT_WIDTH = 32  # SD1.5: 768
 VIT_L_WIDTH = 16  # ViT-L/14: 1024
@@ -56,10 +55,7 @@ def clip_vision_from_config(config: dict, state_dict: dict | None = None, seed: 
     """ComfyUI's ClipVisionModel from an HF-style config; the given HF-layout weights, else seeded ones."""
     full = {"model_type": "clip_vision_model", "num_channels": 3, "attention_dropout": 0.0, "dropout": 0.0,
             "initializer_factor": 1.0, "initializer_range": 0.02, "torch_dtype": "float32", **config}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "clip_vision.json"
-        path.write_text(json.dumps(full))
-        model = comfy.clip_vision.ClipVisionModel(str(path))
+    model = clip_vision_model(full)
     model.model.to(torch.float32)  # ComfyUI keeps CLIP vision in fp16 on the CPU; parity is checked in fp32
     model.dtype = torch.float32
     if state_dict is None:

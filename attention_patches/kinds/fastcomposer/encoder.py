@@ -104,8 +104,9 @@ class FastComposerEncoder(SubjectEncoder):
             feather=settings.feather,
         )
         patched = model.clone()
-        wrappers = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
-        patched.add_wrapper_with_key(wrappers, WRAPPER_KEY, FusionWrapper(people))
+        fusion = FusionWrapper(people)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, fusion)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, fusion.outer_sample)
         if people.boxes is not None:
             existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
             for key, attn2 in cross_attention_blocks(patched).items():

@@ -67,6 +67,11 @@ class FusedPeople:
     def __deepcopy__(self, memo):
         return self
 
+    def release_caches(self) -> None:
+        """Drop the per-device fusion copies and box weights once a sampling run ends."""
+        self._modules.clear()
+        self._routes.clear()
+
     def is_active(self, sigmas: torch.Tensor | None) -> bool:
         if sigmas is None:
             return True
@@ -115,6 +120,13 @@ class FusionWrapper:
 
     def __deepcopy__(self, memo):
         return self
+
+    def outer_sample(self, executor, *args, **kwargs):
+        """OUTER_SAMPLE wrapper: the run's caches go when it ends."""
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.people.release_caches()
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         people = self.people
