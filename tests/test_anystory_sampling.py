@@ -1,8 +1,11 @@
 """AnyStory on a tiny FLUX-topology model through ComfyUI's real sampler (comfy.sample.sample)."""
 
+import copy
+
 import pytest
 import torch
 
+import comfy.model_management
 import comfy.sample
 
 import anystory_tiny as tiny_flux
@@ -108,6 +111,33 @@ def test_layout_constrains_the_router_to_each_box(flux_model, encoder):
     sample(patched)
     routes = recorder.routes_at(recorder.steps[-1])[(4, 4)]
     assert routes[0, :, 2:].abs().max() == 0 and routes[1, :, :2].abs().max() == 0
+
+
+def test_lora_weights_are_owned_by_the_memory_manager_and_shared_by_clones(flux_model, encoder):
+    patched = encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings())
+    replacement = patched.model_options["transformer_options"]["patches_replace"]["dit"][("single_block", 1)]
+    patch = replacement.patch
+    lora_patcher = patch.lora_patcher
+    assert lora_patcher.model is patch.loras
+    assert (lora_patcher.load_device, lora_patcher.offload_device) == (flux_model.load_device, flux_model.offload_device)
+    assert replacement.models() == [lora_patcher] and replacement.to(torch.float16) is replacement
+    assert all(not p.requires_grad for p in patch.loras.parameters())
+    weights = encoder.weights  # the module wraps the checkpoint's tensors, it does not copy them
+    held = {p.data_ptr() for p in patch.loras.parameters()}
+    assert {weights.ref.deltas["img_in"][0].down.data_ptr(), weights.router.deltas["txt_in"][0].up.data_ptr(),
+            weights.routing["single_blocks.1"].key.bias.data_ptr()} <= held
+    clone, copied = patched.clone(), copy.deepcopy(replacement)
+    assert the_patch(clone) is patch and copied.patch.loras is patch.loras
+    assert lora_patcher in clone.model_patches_models()
+    ref, _, routing = patch.lora_on(torch.device("cpu"), torch.float32)  # same dtype: the parameters themselves
+    assert ref.deltas["img_in"][0].down.data_ptr() == weights.ref.deltas["img_in"][0].down.data_ptr()
+    assert routing["double_blocks.0"].query.down.dtype == torch.float32
+    assert patch.lora_on(torch.device("cpu"), torch.bfloat16)[0].deltas["img_in"][0].down.dtype == torch.bfloat16
+    sample(patched)
+    assert patch._on_device == {}  # the run's casts are dropped when it ends
+    assert lora_patcher in patched.model_patches_models()
+    loaded = [m.model for m in comfy.model_management.current_loaded_models]
+    assert any(m is lora_patcher for m in loaded)
 
 
 def test_chains_a_foreign_dit_patch(flux_model, encoder):

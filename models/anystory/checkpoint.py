@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ...attention_patches.safe_text import quoted
 from ..safe_load import CheckpointError, read_tensors
-from .lora import LowRank, StreamLoRA
+from .lora import LowRank, LowRankWeights, StreamLoRA, StreamLoRAWeights
 
 log = logging.getLogger("comfyui_multisubject.models.anystory")
 
@@ -114,9 +115,6 @@ class RoutingLoRA:
     query: LowRank
     key: LowRank
 
-    def to(self, device, dtype) -> RoutingLoRA:
-        return RoutingLoRA(self.query.to(device, dtype), self.key.to(device, dtype))
-
 
 @dataclass(eq=False)
 class AnyStoryWeights:
@@ -132,6 +130,28 @@ class AnyStoryWeights:
         """(double, single) block counts the routing LoRAs cover."""
         double = sum(1 for k in self.routing if k.startswith("double_blocks."))
         return double, len(self.routing) - double
+
+
+class AnyStoryLoRAs(nn.Module):
+    """The ref, router and routing-map LoRAs as frozen parameters sharing the checkpoint's tensors.
+
+    An ``nn.Module`` so that a ModelPatcher, and thus ComfyUI's memory manager, loads, offloads
+    and counts them with the MODEL instead of each run copying them to the device.
+    """
+
+    def __init__(self, weights: AnyStoryWeights):
+        super().__init__()
+        self.ref = StreamLoRAWeights(weights.ref)
+        self.router = StreamLoRAWeights(weights.router)
+        self.routing_blocks = tuple(weights.routing)
+        self.routing = nn.ModuleList(nn.ModuleList((LowRankWeights(r.query), LowRankWeights(r.key)))
+                                     for r in weights.routing.values())
+
+    def on(self, device, dtype) -> tuple[StreamLoRA, StreamLoRA, dict[str, RoutingLoRA]]:
+        """(ref, router, routing) on ``device`` in ``dtype``; casts only what is elsewhere or in another dtype."""
+        routing = {block: RoutingLoRA(query.low_rank(device, dtype), key.low_rank(device, dtype))
+                   for block, (query, key) in zip(self.routing_blocks, self.routing)}
+        return self.ref.stream_lora(device, dtype), self.router.stream_lora(device, dtype), routing
 
 
 def split_parts(flat: dict[str, torch.Tensor], name: str) -> dict[str, dict[str, torch.Tensor]]:

@@ -4,8 +4,10 @@ The wrapper decides per model call which streams run (official step gating), app
 scaled redux tokens to the T5 context, builds the reference stream (modulated at t = 0) and
 the router stream, and leaves them in ``transformer_options`` for the block replacements;
 they run the multi-stream blocks of ``streams`` on the model's own block modules and never
-fork model code. Rows of an unconditional (negative) chunk run plain FLUX: AnyStory has no
-negative counterpart. The reference keys/values are exact across steps (the stream never
+fork model code. The streams' LoRAs live in an ``nn.Module`` under a ModelPatcher made per
+Apply (with the MODEL's devices) that every block replacement returns from ``models()``, so
+ComfyUI's memory manager loads, offloads and counts them with the MODEL. Rows of an
+unconditional (negative) chunk run plain FLUX: AnyStory has no negative counterpart. The reference keys/values are exact across steps (the stream never
 sees the image or t), so they are computed once per sampling run and distinct (pooled
 text, guidance) row, and dropped when the run ends.
 """
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.model_patcher
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
+from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights
 from ...patch import sampling_step
 from ...routing import box_routes
 from ..base import SubjectSetupError
@@ -60,24 +64,25 @@ class SubjectTokens:
 class AnyStoryPatch:
     """Shared (never copied) by every clone and block replacement of one Apply."""
 
-    def __init__(self, weights, subjects: SubjectTokens, settings: AnyStorySettings, boxes: torch.Tensor | None = None,
-                 recorder=None):
-        self.weights = weights
+    def __init__(self, weights: AnyStoryWeights, subjects: SubjectTokens, settings: AnyStorySettings,
+                 boxes: torch.Tensor | None = None, recorder=None):
+        self.loras = AnyStoryLoRAs(weights)
+        self.lora_patcher: comfy.model_patcher.ModelPatcher | None = None  # made by install, with the MODEL's devices
         self.subjects = subjects
         self.settings = settings
         self.boxes = boxes
         self.recorder = recorder
         self.ref_cache: dict[bytes, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.ref_stream_runs = 0  # how often the reference stream ran (observable: once per run and prompt)
-        self._cast: dict = {}
+        self._on_device: dict = {}  # (device, dtype) -> the LoRAs as this run uses them
 
     def __deepcopy__(self, memo):
         return self
 
     def reset(self) -> None:
-        """Forget the reference cache and device copies: the end of a sampling run."""
+        """Forget the reference cache and dtype casts: the end of a sampling run."""
         self.ref_cache.clear()
-        self._cast.clear()
+        self._on_device.clear()
 
     def install(self, model) -> None:
         """Register the wrapper and every block replacement on ``model`` (a clone), chaining foreign dit patches."""
@@ -86,6 +91,8 @@ class AnyStoryPatch:
         if any(isinstance(p, BlockReplacement) for p in replaced.values()):
             raise SubjectSetupError("this MODEL is already patched by an AnyStory Apply; apply all subjects in one Apply node")
         flux = model.get_model_object("diffusion_model")
+        self.lora_patcher = comfy.model_patcher.ModelPatcher(self.loras, load_device=model.load_device,
+                                                             offload_device=model.offload_device)
         for kind, blocks in (("double", flux.double_blocks), ("single", flux.single_blocks)):
             for index in range(len(blocks)):
                 foreign = replaced.get((f"{kind}_block", index))
@@ -102,13 +109,12 @@ class AnyStoryPatch:
         finally:
             self.reset()
 
-    def _on_device(self, device, dtype):
+    def lora_on(self, device, dtype):
+        """(ref, router, routing) LoRAs for this run: the memory manager's parameters, cast only if the dtype differs."""
         key = (device, dtype)
-        if key not in self._cast:
-            w = self.weights
-            self._cast = {key: (w.ref.to(device, dtype), w.router.to(device, dtype),
-                                {k: r.to(device, dtype) for k, r in w.routing.items()})}
-        return self._cast[key]
+        if key not in self._on_device:
+            self._on_device = {key: self.loras.on(device, dtype)}
+        return self._on_device[key]
 
     def diffusion_model_wrapper(self, executor, x, timestep, context, y, guidance, ref_latents, control,
                                 transformer_options, **kwargs):
@@ -127,7 +133,7 @@ class AnyStoryPatch:
             raise SubjectSetupError("AnyStory runs on FLUX.1-dev; this conditioning carries reference latents (Kontext). "
                                     "Remove the ReferenceLatent node or use a FLUX.1-dev model")
         dtype, device = x.dtype, x.device
-        ref_lora, router_lora, routing = self._on_device(device, dtype)
+        ref_lora, router_lora, routing = self.lora_on(device, dtype)
         subjects = self.subjects
         count = subjects.count
         index = rows if rows is not None else torch.arange(x.shape[0], device=device)
@@ -227,6 +233,20 @@ class BlockReplacement:
 
     def __deepcopy__(self, memo):
         return self
+
+    def to(self, device_or_dtype):
+        """Our tensors are owned by the LoRA ModelPatcher; forward the call to a wrapped foreign patch."""
+        if self.foreign is not None and hasattr(self.foreign, "to"):
+            foreign = self.foreign.to(device_or_dtype)
+            if foreign is not self.foreign:
+                return BlockReplacement(self.patch, self.kind, self.index, foreign)
+        return self
+
+    def models(self) -> list:
+        models = [self.patch.lora_patcher]
+        if self.foreign is not None and hasattr(self.foreign, "models"):
+            models += self.foreign.models()
+        return models
 
     def __call__(self, args, extra):
         original = extra["original_block"]
