@@ -8,16 +8,14 @@ phrase-map histories) lives in ``transformer_options`` under ``RUN_STATE_KEY``, 
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-import comfy.ldm.modules.attention as comfy_attention
-
 from .auto_routing import AutoRouting, PhraseMapHistory, phrase_attention_maps, phrase_selectors, pseudo_routes
+from .chaining import ChainedAttn2Patch
 from .layer_map import AttnKey
 from .recorder import RouteRecorder
 from .routed_attention import routed_image_attention
@@ -168,14 +166,9 @@ def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> s
     return torch.tensor([row for i in chunks for row in range(i * chunk, (i + 1) * chunk)])
 
 
-class MultiSubjectAttention:
-    """attn2 replace patch for one cross-attention block.
-
-    Also speaks the ``.add(callback, **kwargs)`` protocol of the IPAdapter family (IPAdapter+, InstantID,
-    PuLID and forks): a pack that finds a patch on its key adds its callback instead of replacing it. Each
-    callback runs as ``callback(out, q, k, v, extra_options, **kwargs)`` while the step's sigma lies in
-    ``[kwargs["sigma_end"], kwargs["sigma_start"]]`` and its result is added to ``out``, in the order added.
-    """
+class MultiSubjectAttention(ChainedAttn2Patch):
+    """attn2 replace patch for one cross-attention block: the wrapped patch (or text attention) plus
+    every active routing's image branch; IPAdapter-family packs chain after it through ``.add``."""
 
     def __init__(self, key: AttnKey, routings: tuple[SubjectRouting, ...], base: Callable | None = None,
                  callbacks: list[tuple[Callable, dict]] | None = None):
@@ -190,52 +183,14 @@ class MultiSubjectAttention:
             return MultiSubjectAttention(self.key, (routing,), base=self)
         return MultiSubjectAttention(self.key, self.routings + (routing,), self.base)
 
-    def add(self, callback: Callable, **kwargs) -> None:
-        """The IPAdapter-family chaining protocol (see the class docstring)."""
-        self.callbacks.append((callback, kwargs))
+    def rebuilt(self, base) -> MultiSubjectAttention:
+        return MultiSubjectAttention(self.key, self.routings, base, self.callbacks)
 
-    def __deepcopy__(self, memo):
-        # ModelPatcher.clone deep-copies model_options: a clone's .add must not reach the model it came from
-        return MultiSubjectAttention(self.key, self.routings, copy.deepcopy(self.base, memo),
-                                     copy.deepcopy(self.callbacks, memo))
+    def own_models(self) -> list:
+        return [routing.bank_patcher for routing in self.routings]
 
-    def to(self, device_or_dtype):
-        """Our tensors are owned by the banks' ModelPatchers; forward the call to a wrapped patch."""
-        if self.base is not None and hasattr(self.base, "to"):
-            base = self.base.to(device_or_dtype)
-            if base is not self.base:
-                return MultiSubjectAttention(self.key, self.routings, base, self.callbacks)
-        return self
-
-    def models(self) -> list:
-        models = [routing.bank_patcher for routing in self.routings]
-        if self.base is not None and hasattr(self.base, "models"):
-            models += self.base.models()
-        return models
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        out = self._routed(q, k, v, extra_options)
-        if self.callbacks:
-            out = self._add_callbacks(out, q, k, v, extra_options)
-        return out
-
-    def _add_callbacks(self, out, q, k, v, extra_options: dict) -> torch.Tensor:
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas.detach()[0]) if sigmas is not None else float("inf")
-        for callback, kwargs in self.callbacks:
-            if kwargs.get("sigma_end", -float("inf")) <= sigma <= kwargs.get("sigma_start", float("inf")):
-                out = out + callback(out, q, k, v, extra_options, **kwargs)
-        return out.to(q.dtype)
-
-    def _routed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        """The wrapped patch (or text attention) plus every active routing's image branch."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
-
-        def attention(q_, k_, v_):
-            return comfy_attention.optimized_attention(
-                q_, k_, v_, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
-            )
-
         cond_or_uncond = extra_options.get("cond_or_uncond", [POSITIVE])
         rows = chunk_rows(cond_or_uncond, q.shape[0])
         negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
@@ -243,7 +198,7 @@ class MultiSubjectAttention:
         active = routings if rows is not None else []
         with_negative = [r for r in routings if r.bank.has_negative] if negative is not None else []
         if not active and not with_negative:
-            return self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
+            return self.base_attention(q, k, v, extra_options)
         run = extra_options.get(RUN_STATE_KEY)
         auto = [r for r in active if r.auto is not None] if run is not None else []
         maps, text = {}, None
@@ -256,9 +211,9 @@ class MultiSubjectAttention:
         if text is not None:
             out = torch.empty_like(q)
             if negative is not None:
-                out[negative] = attention(q[negative], k[negative], v[negative])
+                out[negative] = self.base_attention(q[negative], k[negative], v[negative], extra_options)
         else:
-            out = self.base(q, k, v, extra_options) if self.base is not None else attention(q, k, v)
+            out = self.base_attention(q, k, v, extra_options)
         height, width = extra_options["activations_shape"][-2:]
         original = extra_options.get("original_shape")
         grid = (height, width, original[-2] if original else height)

@@ -43,13 +43,13 @@ class ProtocolPatch:
         return out.to(q.dtype)
 
 
-def install(model, callback, **kwargs):
+def install(model, callback, keys=layer_map.SDXL_CROSS_ATTENTION_KEYS, **kwargs):
     """What those packs do on a clone of the MODEL: a new object on a free key, `.add` on a taken one."""
     model = model.clone()
     options = model.model_options["transformer_options"].copy()
     options["patches_replace"] = dict(options.get("patches_replace", {}))
     attn2 = options["patches_replace"]["attn2"] = dict(options["patches_replace"].get("attn2", {}))
-    for key in layer_map.SDXL_CROSS_ATTENTION_KEYS:
+    for key in keys:
         if key in attn2:
             attn2[key].add(callback, module_key=key, **kwargs)
         else:

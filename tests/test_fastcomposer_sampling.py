@@ -14,6 +14,7 @@ import logging
 import pytest
 import torch
 
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
@@ -209,7 +210,7 @@ def boxed_layer_call(unet, encoder, people, boxes):
                fusion_patch.FUSED_KEY: {id(wrapper_people): (torch.tensor([0]), fused)}}
     with torch.no_grad():
         out = patch(q, k, v, options)
-        plain = fusion_patch.comfy_attention.optimized_attention(q, k, v, attn2.heads)
+        plain = comfy_attention.optimized_attention(q, k, v, attn2.heads)
     return out, plain, q, k, v, attn2, fused, wrapper_people, options
 
 
@@ -224,7 +225,7 @@ def test_with_boxes_each_token_acts_only_inside_its_box(unet, encoder, people):
         position = wrapper_people.positions[person]
         with torch.no_grad():
             k_s[:, position], v_s[:, position] = attn2.to_k(fused[:, person]), attn2.to_v(fused[:, person])
-            alone = fusion_patch.comfy_attention.optimized_attention(q[:1], k_s, v_s, attn2.heads)
+            alone = comfy_attention.optimized_attention(q[:1], k_s, v_s, attn2.heads)
         assert torch.allclose(out[0, inside], alone[0, inside], atol=1e-5)
         assert not torch.allclose(out[0, inside], plain[0, inside], atol=1e-5)
 
@@ -277,12 +278,29 @@ def test_box_weights_are_cached_during_a_run_and_dropped_after(unet, clip, encod
     assert not fused._routes and not fused._modules
 
 
+def test_an_ipadapter_family_pack_applied_after_it_adds_through_add(unet, clip, encoder, people):
+    """IPAdapter+, InstantID, PuLID call .add on the patch they find: with boxes that is FastComposer's patch."""
+    from test_add_protocol import EVERY_SIGMA, Callback, install
+
+    boxes = layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128)
+    patched, _ = apply(unet, encoder, people, boxes, start_percent=0.5)
+    keys = list(model_check.cross_attention_blocks(patched))
+    callback = Callback(0.05)
+    chained = install(patched, callback, keys=keys, weight=0.05, **EVERY_SIGMA)
+    attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert all(not attn2[key].callbacks for key in keys)  # the .add on the clone did not reach the patched MODEL
+    result = run(chained, clip, steps=2)
+    assert torch.isfinite(result).all()
+    assert {seen["module_key"] for seen in callback.seen} == set(keys)
+    assert not torch.equal(result, run(patched, clip, steps=2))
+
+
 def test_chains_with_another_packs_attn2_patch(unet, clip, encoder, people):
     seen = []
 
     def foreign(q, k, v, extra_options):
         seen.append(q.shape[0])
-        return fusion_patch.comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])
 
     model = unet.clone()
     for key in model_check.cross_attention_blocks(model):

@@ -24,6 +24,7 @@ import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
 from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights
+from ...chaining import ChainedPatch
 from ...patch import sampling_step
 from ...routing import box_routes
 from ..base import SubjectSetupError
@@ -224,34 +225,23 @@ def reference_vec(flux, y, guidance, rows: int, device, dtype) -> torch.Tensor:
     return vec
 
 
-class BlockReplacement:
-    """``patches_replace["dit"]`` entry of one block: AnyStory's streams when active, else the block (or the foreign patch)."""
+class BlockReplacement(ChainedPatch):
+    """``patches_replace["dit"]`` entry of one block: AnyStory's streams when active, else the block (or the wrapped patch)."""
 
-    def __init__(self, patch: AnyStoryPatch, kind: str, index: int, foreign=None):
-        self.patch, self.kind, self.index, self.foreign = patch, kind, index, foreign
+    def __init__(self, patch: AnyStoryPatch, kind: str, index: int, base=None):
+        self.patch, self.kind, self.index, self.base = patch, kind, index, base
         self.label = f"{kind}_blocks.{index}"
 
-    def __deepcopy__(self, memo):
-        return self
+    def rebuilt(self, base) -> BlockReplacement:
+        return BlockReplacement(self.patch, self.kind, self.index, base)
 
-    def to(self, device_or_dtype):
-        """Our tensors are owned by the LoRA ModelPatcher; forward the call to a wrapped foreign patch."""
-        if self.foreign is not None and hasattr(self.foreign, "to"):
-            foreign = self.foreign.to(device_or_dtype)
-            if foreign is not self.foreign:
-                return BlockReplacement(self.patch, self.kind, self.index, foreign)
-        return self
-
-    def models(self) -> list:
-        models = [self.patch.lora_patcher]
-        if self.foreign is not None and hasattr(self.foreign, "models"):
-            models += self.foreign.models()
-        return models
+    def own_models(self) -> list:
+        return [self.patch.lora_patcher]
 
     def __call__(self, args, extra):
         original = extra["original_block"]
-        if self.foreign is not None:
-            return self.foreign(args, {**extra, "original_block": lambda a: self.run(a, original)})
+        if self.base is not None:
+            return self.base(args, {**extra, "original_block": lambda a: self.run(a, original)})
         return self.run(args, original)
 
     def run(self, args, original):

@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-import comfy.ldm.modules.attention as comfy_attention
 
 from ....models.fastcomposer.fusion import PostfuseModule
+from ...chaining import ChainedAttn2Patch
 from ...layer_map import AttnKey
 from ...patch import POSITIVE, chunk_rows
 from ...routing import box_routes
@@ -145,39 +145,28 @@ class FusionWrapper:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
-class BoxedFusionAttention:
+class BoxedFusionAttention(ChainedAttn2Patch):
     """attn2 replace patch: each person's fused token acts inside that person's box only."""
 
-    def __init__(self, key: AttnKey, attn2: torch.nn.Module, people: tuple[FusedPeople, ...], base: Callable | None = None):
+    def __init__(self, key: AttnKey, attn2: torch.nn.Module, people: tuple[FusedPeople, ...], base: Callable | None = None,
+                 callbacks: list[tuple[Callable, dict]] | None = None):
         self.key = key
         self.attn2 = attn2  # the block's CrossAttention: its to_k/to_v project the fused vectors
         self.people = people
         self.base = base
+        self.callbacks = callbacks if callbacks is not None else []  # added later by IPAdapter-family packs
 
     def with_people(self, people: FusedPeople) -> BoxedFusionAttention:
+        """Another Apply on this key: merged, unless callbacks were added since (then it wraps, keeping the order)."""
+        if self.callbacks:
+            return BoxedFusionAttention(self.key, self.attn2, (people,), base=self)
         return BoxedFusionAttention(self.key, self.attn2, self.people + (people,), self.base)
 
-    def __deepcopy__(self, memo):
-        return self
+    def rebuilt(self, base) -> BoxedFusionAttention:
+        return BoxedFusionAttention(self.key, self.attn2, self.people, base, self.callbacks)
 
-    def to(self, device_or_dtype):
-        if self.base is not None and hasattr(self.base, "to"):
-            base = self.base.to(device_or_dtype)
-            if base is not self.base:
-                return BoxedFusionAttention(self.key, self.attn2, self.people, base)
-        return self
-
-    def models(self) -> list:
-        return self.base.models() if self.base is not None and hasattr(self.base, "models") else []
-
-    def _attention(self, q, k, v, extra_options):
-        if self.base is not None:
-            return self.base(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                                                   transformer_options=extra_options)
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        out = self._attention(q, k, v, extra_options)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        out = self.base_attention(q, k, v, extra_options)
         fused_by_people = extra_options.get(FUSED_KEY, {})
         active = [(p, fused_by_people[id(p)]) for p in self.people if id(p) in fused_by_people]
         if not active:
@@ -201,7 +190,7 @@ class BoxedFusionAttention:
         if self.base is None:  # only the positive rows need computing
             k_s, v_s = k[index].clone(), v[index].clone()
             k_s[:, position], v_s[:, position] = key, value
-            return self._attention(q[index], k_s, v_s, extra_options)
+            return self.base_attention(q[index], k_s, v_s, extra_options)
         k_s, v_s = k.clone(), v.clone()  # another pack's patch sees the whole batch it expects
         k_s[index, position], v_s[index, position] = key, value
-        return self._attention(q, k_s, v_s, extra_options)[index]
+        return self.base_attention(q, k_s, v_s, extra_options)[index]
