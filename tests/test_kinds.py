@@ -111,3 +111,15 @@ def test_run_caches_are_dropped_when_sampling_ends(tiny_unet, tiny_encoder, tiny
     assert max(seen) > 0, "the routes were cached during the run"
     assert not routing._routes and not routing._tokens and not routing._selectors
     assert "multisubject_run_state" not in model.model_options["transformer_options"]
+
+
+def test_encoders_never_share_a_memo_key_even_when_an_id_is_reused(tiny, tmp_path):
+    """A freed encoder's id() can be handed to the next one; its serial never is."""
+    path = tiny.save_subject_encoder(tmp_path / "tiny.safetensors")
+    serials = []
+    for _ in range(3):
+        encoder = registry.load_subject_encoder(path)
+        assert encoder.serial == encoder.serial  # stable for one encoder
+        serials.append(encoder.serial)
+        del encoder
+    assert serials == sorted(set(serials))  # strictly increasing: never handed out again, unlike id()

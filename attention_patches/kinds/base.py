@@ -8,6 +8,7 @@ only ever talk to this interface, so a new kind is a new folder plus one line in
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Hashable
@@ -19,6 +20,9 @@ import torch
 
 from ..auto_routing import AutoRouting
 from ..safe_text import quoted
+
+
+_SERIALS = itertools.count(1)
 
 
 class SubjectSetupError(ValueError):
@@ -151,8 +155,17 @@ class SubjectEncoder(ABC):
         """Load the checkpoint at ``path`` (and any partner file it needs from the same folder)."""
 
     def encoding_key(self) -> Hashable:
-        """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights."""
+        """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights
+        (use ``serial``, never ``id()``: an id is reused once its object is freed, and a memo would then hand out
+        another encoder's encodings)."""
         return self.kind
+
+    @property
+    def serial(self) -> int:
+        """A number no other encoder of this process ever gets."""
+        if "_serial" not in self.__dict__:
+            self.__dict__["_serial"] = next(_SERIALS)
+        return self.__dict__["_serial"]
 
     def with_style_model(self, style_model) -> SubjectEncoder:
         """This encoder with partner weights from a STYLE_MODEL (Load Subject Encoder's optional input)."""

@@ -118,7 +118,7 @@ class AnyStoryEncoder(SubjectEncoder):
         return AnyStoryEncoder(self.name, self.weights, redux_state_of(style_model))
 
     def encoding_key(self):
-        return (self.kind, id(self.weights), id(self.redux_base))
+        return (self.kind, self.serial)  # with_style_model makes a new encoder, so the Redux weights are part of it
 
     def embedders(self) -> tuple[GatedPoolingEmbedder, GatedPoolingEmbedder]:
         if self._embedders is None:

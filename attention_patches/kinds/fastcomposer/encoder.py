@@ -69,7 +69,7 @@ class FastComposerEncoder(SubjectEncoder):
         return encoder
 
     def encoding_key(self) -> Hashable:
-        return (self.kind, id(self), self.object_resolution)
+        return (self.kind, self.serial, self.object_resolution)
 
     @torch.no_grad()
     def object_embeddings(self, views: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ class SSREncoder(SubjectEncoder):
         return {index: SD15_LAYERS[index].key for index in self.checkpoint.layers.indices}
 
     def encoding_key(self) -> Hashable:
-        return (self.kind, id(self.checkpoint), self.mask_crop, self.mask_antialias)
+        return (self.kind, self.serial, self.mask_crop, self.mask_antialias)
 
     def _loaded(self) -> tuple[torch.device, torch.dtype]:
         mm.load_models_gpu([self.patcher])
