@@ -123,3 +123,14 @@ def test_encoders_never_share_a_memo_key_even_when_an_id_is_reused(tiny, tmp_pat
         serials.append(encoder.serial)
         del encoder
     assert serials == sorted(set(serials))  # strictly increasing: never handed out again, unlike id()
+
+
+def test_a_subject_keeps_the_encodings_of_its_latest_encoders_only(tiny, tmp_path, tiny_vision, tiny_clip, monkeypatch):
+    """Reloading encoders of a weight-dependent kind on a long-running server must not grow a cached subject forever."""
+    path = tiny.save_subject_encoder(tmp_path / "tiny.safetensors")
+    subject = encode_subjects(tiny_vision, tiny_clip, ["dog"])[0]
+    monkeypatch.setattr(ms_diffusion.MSDiffusionSDXL, "encoding_key", lambda self: (self.kind, self.serial))
+    encoders = [registry.load_subject_encoder(path) for _ in range(base.MAX_ENCODINGS_KEPT + 2)]
+    for encoder in encoders:
+        subject.encoded(encoder)
+    assert list(subject.encodings) == [e.encoding_key() for e in encoders[-base.MAX_ENCODINGS_KEPT:]]

@@ -23,6 +23,7 @@ from ..safe_text import quoted
 
 
 _SERIALS = itertools.count(1)
+MAX_ENCODINGS_KEPT = 4  # per subject: one per encoder it was applied with, the oldest dropped first
 
 
 class SubjectSetupError(ValueError):
@@ -115,6 +116,8 @@ class Subject:
     def encoded(self, encoder: SubjectEncoder) -> Any:
         key = encoder.encoding_key()
         if key not in self.encodings:
+            if len(self.encodings) >= MAX_ENCODINGS_KEPT:  # encoders reloaded on a long-running server: keep the newest
+                del self.encodings[next(iter(self.encodings))]
             self.encodings[key] = encoder.encode(self.reference)
         return self.encodings[key]
 
