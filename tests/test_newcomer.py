@@ -67,15 +67,30 @@ input.dispatchEvent(new Event('input', {bubbles: true}));
 await new Promise((r) => setTimeout(r, 600));
 return [...document.querySelectorAll('.option-display-name')].map((e) => e.innerText.split('\\n')[0].trim());
 """
-NAME_QUERIES = {"MSP_": [n.__name__ for n in nodes.NODES], "multi subject": ["ApplyMultiSubjectAttention"],
-                "subject encoder": ["LoadSubjectEncoder"], "encode reference": ["EncodeReference"],
-                "layout box": ["DrawLayoutBox"], "router mask": ["RouterMaskPreview"]}
+# The frontend's own search of node ids and display names (no pack words), for comparison.
+NAME_SEARCH = """
+const [query] = args;
+const service = window.comfyAPI.app.app.extensionManager._p._s.get("nodeDef").nodeSearchService;
+return service.nodeFuseSearch.search(query).map((def) => def.display_name);
+"""
+LIBRARY_LEAVES = "return [...document.querySelectorAll('.p-tree-node-leaf .node-label')].map((e) => e.innerText.trim())"
+NAME_QUERIES = {"subject encoder": ["LoadSubjectEncoder"], "encode reference": ["EncodeReference"],
+                "layout box": ["DrawLayoutBox"], "router mask": ["RouterMaskPreview"], "MSP_": [n.__name__ for n in nodes.NODES]}
+# Words of other nodes: the pack's words must not pull its nodes into their results.
+OTHER_QUERIES = ("ksampler", "load image", "lora", "vae decode", "controlnet", "upscale", "clip text encode")
+
+
+def test_the_frontend_knows_the_same_search_words_as_the_nodes():
+    script = (PACK_ROOT / "web" / "node_search_words.js").read_text()
+    words = re.search(r"SEARCH_WORDS = \[(.*?)\];", script, re.DOTALL).group(1)
+    assert re.findall(r'"([^"]+)"', words) == list(types.SEARCH_ALIASES)
 
 
 @browser_support.requires_browser
-def test_the_real_node_search_finds_the_nodes_by_the_words_readme_gives(comfy_server, tmp_path):
-    """The embedded frontend (1.32.9) searches node names only: README's words for it find the nodes."""
+def test_the_real_node_search_finds_every_node_by_the_words_an_artist_types(comfy_server, tmp_path):
+    """Frontend 1.32.9 searches node names only; the pack's web module adds its words to the search box."""
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
 
     titles = {n.__name__: schema(n).display_name for n in nodes.NODES}
     with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
@@ -83,7 +98,26 @@ def test_the_real_node_search_finds_the_nodes_by_the_words_readme_gives(comfy_se
         ActionChains(driver).move_to_element_with_offset(canvas, 120, 120).double_click().perform()
         browser_support.wait_for(lambda: driver.execute_script("return document.activeElement.tagName") == "INPUT",
                                  message="the node search box")
+        for word in (*SEARCHED_WORDS, *types.SEARCH_ALIASES):
+            found = browser_support.js(driver, SEARCH, word)
+            assert set(titles.values()) <= set(found[:len(titles) + 4]), (word, found)
         for query, expected in NAME_QUERIES.items():
             found = browser_support.js(driver, SEARCH, query)
             for name in expected:
                 assert titles[name] in found, (query, found)
+        for query in OTHER_QUERIES:  # the box shows exactly what the frontend's own name search ranks
+            found = browser_support.js(driver, SEARCH, query)
+            assert found and found == browser_support.js(driver, NAME_SEARCH, query)[:len(found)], query
+
+        # the Node Library sidebar searches through the same service (without wildcards)
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+        driver.execute_script("document.querySelector('.node-library-tab-button').click()")
+        for word in ("personalization", "MS-Diffusion"):
+            box = browser_support.wait_for(lambda: driver.find_element("css selector", ".search-box-input"),
+                                           message="the Node Library search box")
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(Keys.BACKSPACE)  # an empty search shows the closed category tree: no leaves
+            browser_support.wait_for(lambda: not driver.execute_script(LIBRARY_LEAVES), message="the search cleared")
+            box.send_keys(word)
+            browser_support.wait_for(lambda: set(titles.values()) <= set(driver.execute_script(LIBRARY_LEAVES)),
+                                     message=f"the pack's nodes in the Node Library for {word!r}")
