@@ -579,22 +579,70 @@ def test_example_layout_nothing_hides_anything(path):
         assert layout_box["size"][0] >= 540, path.name  # label field + x1, y1, x2, y2 in one row
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(path, examples_server):
-    """The frontend lists node.properties.models entries whose name is one of the node's widget values, plus the
-    workflow's own "models" (companion files no widget names), each in a folder the server knows, keyed by URL."""
-    folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
-    workflow = load_workflow(path)
+def model_entries(workflow: dict) -> list[dict]:
+    """What the Missing Models dialog lists for a workflow when none of its files are on the server: the
+    node.properties.models entries whose name is one of the node's widget values, plus the workflow's own
+    "models" (companion files no widget names)."""
     entries = list(workflow.get("models", []))
     for node in workflow["nodes"]:
         files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_FILE)]
         listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
         for name in files:
-            assert name in listed, (path.name, node["type"], name)
+            assert name in listed, (node["type"], name)
             entries.append(listed[name])
+    return entries
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(path, examples_server):
+    """Every file an example loads has an entry (in a folder the server knows, keyed by URL)."""
+    folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
+    entries = model_entries(load_workflow(path))
     for entry in entries:
         assert entry["url"].startswith("https://") and entry["directory"] in folders, (path.name, entry)
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
+
+
+@pytest.fixture(scope="module")
+def server_without_models(tmp_path_factory):
+    """A fresh server with no model files, as a newcomer's first start."""
+    from comfy_server import ComfyServer
+
+    server = ComfyServer(tmp_path_factory.mktemp("no_models"))
+    server.start()
+    yield server
+    server.stop()
+
+
+LOAD_WITH_MISSING_MODELS = """
+const [workflow] = args;
+const app = window.comfyAPI.app.app;
+await app.extensionManager.setting.set("Comfy.Workflow.ShowMissingModelsWarning", true);
+await app.loadGraphData(workflow);
+"""
+MISSING_MODELS_SHOWN = """
+return [...document.querySelectorAll(".comfy-missing-models li")].map((li) => ({
+  file: li.querySelector("span[title]")?.innerText.trim(), url: li.querySelector("span[title]")?.title,
+  download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download")),
+}));
+"""
+
+
+@browser_support.requires_browser
+def test_the_missing_models_dialog_lists_every_file_of_every_example_with_a_download(server_without_models, tmp_path):
+    """Loaded in the real frontend on a server without models, each example's dialog lists all its files
+    (the subject encoder too, not only the checkpoint and CLIP-Vision), each with its URL and a download button."""
+    with browser_support.browser_session(server_without_models, tmp_path / "profile") as driver:
+        for path in EXAMPLES:
+            expected = {(f"{e['directory']} / {e['name']}", e["url"]) for e in model_entries(load_workflow(path))}
+            browser_support.js(driver, LOAD_WITH_MISSING_MODELS, load_workflow(path))
+            shown = browser_support.wait_for(lambda: browser_support.js(driver, MISSING_MODELS_SHOWN),
+                                             message=f"the Missing Models dialog of {path.name}")
+            assert {(row["file"], row["url"]) for row in shown} == expected, path.name
+            assert all(row["download"] for row in shown), (path.name, shown)
+            driver.execute_script("document.querySelector('.p-dialog .p-dialog-close-button').click()")
+            browser_support.wait_for(lambda: not driver.execute_script("return document.querySelector('.p-dialog')"),
+                                     message="the dialog closed")
 
 
 # ------------------------------------------------------------------ the converter on a hand-made workflow

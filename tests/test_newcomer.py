@@ -87,13 +87,15 @@ def test_the_frontend_knows_the_same_search_words_as_the_nodes():
 
 
 @browser_support.requires_browser
-def test_the_real_node_search_finds_every_node_by_the_words_an_artist_types(comfy_server, tmp_path):
+@pytest.mark.parametrize("vue_nodes", [False, True], ids=["litegraph", "nodes2"])
+def test_the_real_node_search_finds_every_node_by_the_words_an_artist_types(comfy_server, tmp_path, vue_nodes):
     """Frontend 1.32.9 searches node names only; the pack's web module adds its words to the search box."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     titles = {n.__name__: schema(n).display_name for n in nodes.NODES}
-    with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
+    with browser_support.browser_session(comfy_server, tmp_path / "profile", vue_nodes=vue_nodes) as driver:
+        driver.execute_script("window.comfyAPI.app.app.graph.clear()")  # a double-click on a node opens no search
         canvas = driver.find_element("css selector", "#graph-canvas")
         ActionChains(driver).move_to_element_with_offset(canvas, 120, 120).double_click().perform()
         browser_support.wait_for(lambda: driver.execute_script("return document.activeElement.tagName") == "INPUT",
