@@ -257,24 +257,24 @@ def test_with_boxes_through_the_sampler_negative_rows_untouched(unet, clip, enco
             assert not torch.allclose(call["patched"][positive], call["plain"][positive], atol=1e-6)
 
 
-def test_box_weights_are_cached_during_a_run_and_dropped_after(unet, clip, encoder, people):
+def test_box_covers_are_cached_during_a_run_and_dropped_after(unet, clip, encoder, people):
     patched, _ = apply(unet, encoder, people, layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128),
                        start_percent=0.5)
     fused = next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())).people[0]
     sizes = []
-    original = fused.box_weights
+    original = fused.box_covers
 
     def spy(*args):
         out = original(*args)
         sizes.append(len(fused._routes))
         return out
 
-    fused.box_weights = spy
+    fused.box_covers = spy
     try:
         run(patched, clip, steps=3)
     finally:
-        del fused.box_weights
-    assert sizes and max(sizes) > 0, "the box weights were cached while sampling"
+        del fused.box_covers
+    assert sizes and max(sizes) > 0, "the box covers were cached while sampling"
     assert not fused._routes and not fused._modules
 
 

@@ -9,8 +9,10 @@ call, not once per layer), from the switch noise level on. Negative rows are nev
 - With a layout (beyond the official code): the context stays text-only, and an attn2 patch on
   every cross-attention lets each person's fused token act only inside that person's box: the
   block's attention with the person's token swapped for the layer's own ``to_k``/``to_v`` of
-  the fused vector, blended in by the box route (overlaps share). A patch another pack put on
-  the same block is wrapped, never replaced.
+  the fused vector, blended in by the box route (overlaps share). Attention is independent per
+  query pixel, so that swapped attention runs only on the pixels the person's box weighs (a
+  pixel of weight 0 would gain exactly nothing from it). A patch another pack put on the same
+  block is wrapped, never replaced (and sees the whole batch and grid it expects).
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def augmented_context(postfuse: PostfuseModule, context: torch.Tensor, positions
     return out
 
 
+@dataclass(frozen=True)
+class BoxCover:
+    """Where one person's fused token acts at one grid: its pixels (None: every pixel) and their weights [n, 1]."""
+
+    pixels: torch.Tensor | None
+    weights: torch.Tensor
+
+
 @dataclass(eq=False)
 class FusedPeople:
     """The people of one Apply node, shared (never copied) by its wrapper, its patches and clones of the MODEL."""
@@ -68,7 +78,7 @@ class FusedPeople:
         return self
 
     def release_caches(self) -> None:
-        """Drop the per-device fusion copies and box weights once a sampling run ends."""
+        """Drop the per-device fusion copies and box covers once a sampling run ends."""
         self._modules.clear()
         self._routes.clear()
 
@@ -97,12 +107,24 @@ class FusedPeople:
         with torch.no_grad():
             return fuse_context(self.fusion_on(context.device), context, self.positions, self.embeddings)
 
-    def box_weights(self, height: int, width: int, downscale: float, device: torch.device) -> torch.Tensor:
-        """[S, height*width, 1] how much of each person's fused attention each pixel takes (overlaps share)."""
+    def box_covers(self, height: int, width: int, downscale: float, device: torch.device) -> tuple[BoxCover, ...]:
+        """Per person, the pixels of this grid its fused attention reaches and how much each takes (overlaps share).
+
+        Computed once per grid and run (found without a device sync at every layer call).
+        """
         key = (height, width, device)
         if key not in self._routes:
             routes = box_routes(self.boxes.to(device), height, width, self.feather / max(downscale, 1.0))
-            self._routes[key] = (routes / routes.sum(dim=0, keepdim=True).clamp(min=1.0)).unsqueeze(-1)
+            weights = (routes / routes.sum(dim=0, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # [S, N, 1]
+            covers = []
+            for person in weights:
+                inside = person[:, 0] > 0
+                if bool(inside.all()):
+                    covers.append(BoxCover(None, person))
+                else:
+                    pixels = inside.nonzero()[:, 0]
+                    covers.append(BoxCover(pixels, person[pixels]))
+            self._routes[key] = tuple(covers)
         return self._routes[key]
 
 
@@ -176,21 +198,29 @@ class BoxedFusionAttention(ChainedAttn2Patch):
         downscale = original[-2] / height if original is not None else 1.0
         for people, (index, fused) in active:
             fused_k, fused_v = self.attn2.to_k(fused.to(k.dtype)), self.attn2.to_v(fused.to(v.dtype))
-            weights = people.box_weights(height, width, downscale, q.device).to(out.dtype)
+            covers = people.box_covers(height, width, downscale, q.device)
             text = out[index]
             blended = text.clone()
-            for s, position in enumerate(people.positions):
-                swapped = self._swapped(q, k, v, index, position, fused_k[:, s], fused_v[:, s], extra_options)
-                blended += weights[s] * (swapped - text)
+            for s, (position, cover) in enumerate(zip(people.positions, covers)):
+                if cover.pixels is not None and cover.pixels.numel() == 0:
+                    continue
+                swapped = self._swapped(q, k, v, index, position, fused_k[:, s], fused_v[:, s], cover.pixels, extra_options)
+                weights = cover.weights.to(out.dtype)
+                if cover.pixels is None:
+                    blended += weights * (swapped - text)
+                else:
+                    blended.index_add_(1, cover.pixels, weights * (swapped - text[:, cover.pixels]))
             out[index] = blended
         return out
 
-    def _swapped(self, q, k, v, index, position, key, value, extra_options):
-        """The positive rows' attention with ``position`` holding the fused key/value."""
-        if self.base is None:  # only the positive rows need computing
+    def _swapped(self, q, k, v, index, position, key, value, pixels, extra_options):
+        """The positive rows' attention at ``pixels`` (None: all) with ``position`` holding the fused key/value."""
+        if self.base is None:  # only the positive rows at the person's pixels need computing
             k_s, v_s = k[index].clone(), v[index].clone()
             k_s[:, position], v_s[:, position] = key, value
-            return self.base_attention(q[index], k_s, v_s, extra_options)
-        k_s, v_s = k.clone(), v.clone()  # another pack's patch sees the whole batch it expects
+            return self.base_attention(q[index] if pixels is None else q[index[:, None], pixels], k_s, v_s, extra_options)
+        # another pack's patch sees the whole batch and grid it expects (it may rely on both, e.g. regional masks)
+        k_s, v_s = k.clone(), v.clone()
         k_s[index, position], v_s[index, position] = key, value
-        return self.base_attention(q, k_s, v_s, extra_options)[index]
+        swapped = self.base_attention(q, k_s, v_s, extra_options)[index]
+        return swapped if pixels is None else swapped[:, pixels]
