@@ -198,19 +198,15 @@ class BoxedFusionAttention(ChainedAttn2Patch):
         downscale = original[-2] / height if original is not None else 1.0
         for people, (index, fused) in active:
             fused_k, fused_v = self.attn2.to_k(fused.to(k.dtype)), self.attn2.to_v(fused.to(v.dtype))
-            covers = people.box_covers(height, width, downscale, q.device)
-            text = out[index]
-            blended = text.clone()
-            for s, (position, cover) in enumerate(zip(people.positions, covers)):
+            changes = []  # every person's change is taken against the text output, then all are added in person order
+            for s, (position, cover) in enumerate(zip(people.positions, people.box_covers(height, width, downscale, q.device))):
                 if cover.pixels is not None and cover.pixels.numel() == 0:
                     continue
+                where = (index,) if cover.pixels is None else (index[:, None], cover.pixels)
                 swapped = self._swapped(q, k, v, index, position, fused_k[:, s], fused_v[:, s], cover.pixels, extra_options)
-                weights = cover.weights.to(out.dtype)
-                if cover.pixels is None:
-                    blended += weights * (swapped - text)
-                else:
-                    blended.index_add_(1, cover.pixels, weights * (swapped - text[:, cover.pixels]))
-            out[index] = blended
+                changes.append((where, cover.weights.to(out.dtype) * (swapped - out[where])))
+            for where, change in changes:
+                out[where] += change
         return out
 
     def _swapped(self, q, k, v, index, position, key, value, pixels, extra_options):
