@@ -144,13 +144,21 @@ class Instrument:
 
 
 class Step:
-    """One apply_model call on a CFG batch of 2 with a model's transformer_options (patches instrumented)."""
+    """One apply_model call on a CFG batch of 2 with a model's transformer_options (patches instrumented).
+
+    The model's wrappers go into the options as the sampler puts them there (a DIFFUSION_MODEL
+    wrapper runs inside ``apply_model``); ``adm`` is None for a model without one (SD1.5).
+    """
 
     def __init__(self, patcher, x, sigma, context, adm, schedule):
+        import comfy.patcher_extension
+
         patch_mod = pack("attention_patches.patch")
         self.model = patcher.model
         self.options = dict(patcher.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=sigma,
                             sample_sigmas=schedule)
+        if patcher.wrappers:
+            self.options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
         self.options[patch_mod.RUN_STATE_KEY] = patch_mod.RunState()
         self.instrument = Instrument()
         replace = self.options.get("patches_replace", {})
@@ -158,7 +166,7 @@ class Step:
             self.options["patches_replace"] = dict(
                 replace, attn2={key: self.instrument.wrap(patch) for key, patch in replace["attn2"].items()})
         self.args = (x, sigma)
-        self.kwargs = {"c_crossattn": context, "y": adm}
+        self.kwargs = {"c_crossattn": context} if adm is None else {"c_crossattn": context, "y": adm}
         self.added = []  # seconds the patches added, per timed call
 
     def __call__(self):

@@ -3,7 +3,9 @@
 Each section runs in its own process (the real-size SDXL UNet alone needs ~10 GB), one after
 the other: the subject encoder (which also writes the real-size random checkpoint the UNet
 section applies), single cross-attention calls, a tiny whole sampling run, a real-size UNet
-step. ``--quick`` shortens every section (smaller UNet latent, fewer rounds and shapes).
+step, an AnyStory FLUX block, and a real-size SD1.5 UNet step with SSR-Encoder and with
+FastComposer. ``--quick`` shortens every section (smaller UNet latent, fewer rounds and shapes);
+``--only ssr,fastcomposer`` runs just those sections.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, PACK_ROOT, RESULTS_MD, cpu_summary, markdown_table  # noqa: E402
 
-SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory")
+SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory", "ssr", "fastcomposer")
 TARGET_ATTENTION = 1.10  # patched call / lower bound
 TARGET_UNET_BOX = 1.05  # up to 4 subjects
 TARGET_UNET_AUTO = 1.10
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
         "machine is shared, so absolute times are noisy and the ratios are what to read. Sections: "
         + "; ".join(notes) + f"; total {total / 60:.1f} min.\n"
     )
-    order = ("attention", "unet", "sampling", "encoder")
+    order = ("attention", "unet", "sampling", "encoder", "anystory", "ssr", "fastcomposer")
     body = "\n".join(texts[name] for name in order if name in texts)
     summary = targets(results)
     markdown = header + "\n" + summary + "\n" + body
