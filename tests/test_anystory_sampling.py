@@ -224,8 +224,8 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
     other = torch.where(near[..., None] > 0, image, torch.rand(image.shape, generator=torch.Generator().manual_seed(8)))
     encoded = []
     for pixels, subject_mask in ((image, mask), (other, mask), (torch.cat((other, mask[..., None]), dim=-1), None)):
-        subjects, _ = nodes.EncodeReference.execute(clip_vision=vision, clip=None, image=pixels, phrase="dog", mask=subject_mask, subject_encoder=encoder,
-                                                    vae=vae).args
+        subjects, _ = nodes.EncodeReference.execute(clip_vision=vision, image=pixels, phrase="dog", mask=subject_mask,  # no clip: not used
+                                                    subject_encoder=encoder, vae=vae).args
         encoded.append(subjects[0].encodings[encoder.encoding_key()])
     first = encoded[0]
     assert first.redux.shape == (81, tiny_flux.TXT_DIM) and first.router.shape == (9, tiny_flux.TXT_DIM)
@@ -235,8 +235,7 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
         for name in ("redux", "router", "ref_latents", "ref_mask"):
             assert torch.allclose(getattr(first, name), getattr(other_encoding, name), atol=1e-5), name
     with pytest.raises(base.SubjectSetupError, match="Encode Reference: .*VAE"):
-        nodes.EncodeReference.execute(clip_vision=vision, clip=None, image=image, phrase="dog", mask=mask,
-                                      subject_encoder=encoder)
+        nodes.EncodeReference.execute(clip_vision=vision, image=image, phrase="dog", mask=mask, subject_encoder=encoder)
 
 
 @pytest.mark.parametrize("storage, compute", [(torch.bfloat16, None), (torch.float16, None), (torch.float8_e4m3fn, torch.bfloat16)],

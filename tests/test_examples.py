@@ -428,6 +428,58 @@ def without_input(workflow: dict, node_type: str, input_name: str) -> dict:
     return workflow
 
 
+def with_link(workflow: dict, origin: dict, origin_slot: int, target: dict, input_name: str) -> dict:
+    """``workflow`` with a wire added from ``origin``'s output to ``target``'s input, as the frontend saves it (in place)."""
+    link_id = workflow["last_link_id"] = workflow["last_link_id"] + 1
+    slot = next(i for i, entry in enumerate(target["inputs"]) if entry["name"] == input_name)
+    target["inputs"][slot]["link"] = link_id
+    output = origin["outputs"][origin_slot]
+    output["links"] = (output.get("links") or []) + [link_id]
+    workflow["links"].append([link_id, origin["id"], origin_slot, target["id"], slot, output["type"]])
+    return workflow
+
+
+@pytest.mark.parametrize("name, why", [
+    ("two_subjects", "MS-Diffusion encodes each phrase with SDXL's CLIP-L"),
+    ("ssr_one_photo_two_subjects", "SSR-Encoder encodes the query"),
+    ("fastcomposer_two_people", "FastComposer finds each person's word"),
+])
+def test_a_kind_that_needs_clip_names_the_unconnected_clip_input_on_the_encoding_node(name, why, examples_server, object_info):
+    """Encode Reference's clip is optional (AnyStory does not use it): the kinds that need it say so, on the node that
+    encodes (Encode Reference with subject_encoder connected, else Apply), and the next prompt runs."""
+    workflow = without_input(load_workflow(EXAMPLES_DIR / f"{name}.json"), "MSP_EncodeReference", "clip")
+    prompt = runnable_prompt(workflow, object_info)
+    encode_id = str(by_type(workflow, "MSP_EncodeReference")[0]["id"])
+    assert "clip" not in prompt[encode_id]["inputs"]
+    history = examples_server.run(prompt)  # accepted at queue time: nothing required is missing
+    assert history["status"]["status_str"] == "error"
+    error = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+    encodes_there = "subject_encoder" in prompt[encode_id]["inputs"]
+    assert error["node_type"] == ("MSP_EncodeReference" if encodes_there else "MSP_ApplyMultiSubjectAttention"), name
+    if encodes_there:
+        assert error["node_id"] == encode_id
+    message = error["exception_message"]
+    assert why in message and "Encode Reference's 'clip' input is not connected: connect the" in message
+    assert "checkpoint's CLIP (the CLIP output of Load Checkpoint) to Encode Reference's clip" in message
+    again = examples_server.run(runnable_prompt(load_workflow(EXAMPLES_DIR / f"{name}.json"), object_info))
+    assert again["status"]["status_str"] == "success"
+
+
+def test_an_anystory_workflow_saved_with_clip_wired_still_converts_and_runs(examples_server, object_info):
+    """Before clip became optional the AnyStory example wired the FLUX CLIP into Encode Reference: such a saved
+    workflow converts (inputs by name) and runs; the example itself leaves clip empty."""
+    workflow = load_workflow(EXAMPLES_DIR / "anystory_flux.json")
+    encodes = by_type(workflow, "MSP_EncodeReference")
+    assert all(entry["link"] is None for node in encodes for entry in node["inputs"] if entry["name"] == "clip")
+    dual_clip = by_type(workflow, "DualCLIPLoader")[0]
+    for node in encodes:
+        with_link(workflow, dual_clip, 0, node, "clip")
+    prompt = runnable_prompt(workflow, object_info)
+    assert [prompt[str(node["id"])]["inputs"]["clip"] for node in encodes] == [[str(dual_clip["id"]), 0]] * len(encodes)
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+
+
 def test_a_removed_subjects_wire_is_a_node_error_and_the_server_keeps_serving(examples_server, object_info):
     workflow = without_input(load_workflow(EXAMPLES_DIR / "two_subjects.json"), "MSP_ApplyMultiSubjectAttention", "subjects")
     prompt = runnable_prompt(workflow, object_info)
