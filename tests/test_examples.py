@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import browser_support
-from tiny_sd15_fastcomposer import save_fastcomposer
+import tiny_files
 from comfy_runtime import PACK_ROOT
 from comfy_server import PromptRefused
 from msp_package import pack
@@ -73,8 +73,8 @@ def by_type(workflow: dict, node_type: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def examples_server(comfy_server, tiny):
-    """The session server plus what the examples need beyond dog.png / cat.png: more references, a tiny LoRA."""
+def examples_server(comfy_server):
+    """The session server plus what the examples need beyond dog.png / cat.png: more references, tiny model files."""
     import numpy as np
     from PIL import ImageDraw
 
@@ -87,20 +87,9 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
-    import anystory_tiny
-    import tiny_sd15
-    import torch
-
-    tiny_sd15.save_ssr_files(comfy_server.base / "models" / "ssr_encoder", tiny_sd15.ssr_manifest(), "official")
-    save_fastcomposer(comfy_server.base / "models" / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=tiny_sd15.tiny_sd15_unet())
-    anystory = comfy_server.base / "models" / "anystory"
-    anystory.mkdir(parents=True, exist_ok=True)
-    torch.save(anystory_tiny.tiny_anystory(base_redux=False), anystory / "anystory_flux.bin")
-    for path in EXAMPLES:
-        for node in by_type(load_workflow(path), "LoraLoader"):
-            target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
-            if not target.exists():
-                tiny.save_tiny_lora(target)
+    for path in EXAMPLES:  # the files no tiny loader replaces (subject encoders, LoRAs), written as `make demo TINY=1` does
+        models, _ = demo.workflow_files(load_workflow(path))
+        tiny_files.write_tiny_files(comfy_server.base / "models", [(m.folder, m.name) for m in models])
     return comfy_server
 
 
