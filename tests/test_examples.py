@@ -603,6 +603,15 @@ def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(pa
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_note_links_every_file_it_needs(path):
+    """The dialog offers no download for .bin releases and converted files: the note links each file."""
+    workflow = load_workflow(path)
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
+    for entry in model_entries(workflow):
+        assert f"[`{entry['name']}`]({entry['url']})" in notes, (path.name, entry["name"])
+
+
 @pytest.fixture(scope="module")
 def server_without_models(tmp_path_factory):
     """A fresh server with no model files, as a newcomer's first start."""
