@@ -8,7 +8,7 @@ from ..attention_patches.layout import Layout
 from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
-from ..attention_patches.safe_text import quoted
+from ..models.safe_text import quoted
 from .route_capture import routes_consumed
 from .subject_warnings import positive_prompts, show_warnings, subject_warnings
 from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket

@@ -140,6 +140,16 @@ def test_lora_weights_are_owned_by_the_memory_manager_and_shared_by_clones(flux_
     assert any(m is lora_patcher for m in loaded)
 
 
+def test_every_apply_of_an_encoder_shares_one_copy_of_its_loras(flux_model, encoder):
+    """A second Apply, or the encoder with another Redux, must not make a second device or offload copy."""
+    first = the_patch(encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings()))
+    second = the_patch(encoder.apply(flux_model, subjects_for(encoder, 1), None, base.ApplySettings(scale=0.3)))
+    restyled = encoder.with_style_model(type("StyleModel", (), {"model": RedUx()})())
+    third = the_patch(restyled.apply(flux_model, subjects_for(restyled, 2), None, base.ApplySettings()))
+    assert first is not second and first.lora_patcher is second.lora_patcher is third.lora_patcher
+    assert first.loras is third.loras
+
+
 def test_chains_a_foreign_dit_patch(flux_model, encoder):
     calls = []
 

@@ -644,6 +644,15 @@ def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(pa
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_note_links_every_file_it_needs(path):
+    """The dialog offers no download for .bin releases and converted files: the note links each file."""
+    workflow = load_workflow(path)
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
+    for entry in model_entries(workflow):
+        assert f"[`{entry['name']}`]({entry['url']})" in notes, (path.name, entry["name"])
+
+
 @pytest.fixture(scope="module")
 def server_without_models(tmp_path_factory):
     """A fresh server with no model files, as a newcomer's first start."""
@@ -664,23 +673,35 @@ await app.loadGraphData(workflow);
 MISSING_MODELS_SHOWN = """
 return [...document.querySelectorAll(".comfy-missing-models li")].map((li) => ({
   file: li.querySelector("span[title]")?.innerText.trim(), url: li.querySelector("span[title]")?.title,
-  download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download")),
+  download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download") && !b.disabled),
+  text: li.innerText,
 }));
 """
 
 
+# What frontend 1.32.9 downloads itself from the Missing Models dialog: .safetensors from these sources
+DIALOG_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
+DIALOG_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
+
+
 @browser_support.requires_browser
-def test_the_missing_models_dialog_lists_every_file_of_every_example_with_a_download(server_without_models, tmp_path):
+def test_the_missing_models_dialog_lists_every_file_of_every_example(server_without_models, tmp_path):
     """Loaded in the real frontend on a server without models, each example's dialog lists all its files
-    (the subject encoder too, not only the checkpoint and CLIP-Vision), each with its URL and a download button."""
+    (the subject encoder too, not only the checkpoint and CLIP-Vision) with their URL; those the frontend
+    may download have a working Download button, the others (.bin releases, converted files) show its reason."""
     with browser_support.browser_session(server_without_models, tmp_path / "profile") as driver:
         for path in EXAMPLES:
-            expected = {(f"{e['directory']} / {e['name']}", e["url"]) for e in model_entries(load_workflow(path))}
+            entries = {f"{e['directory']} / {e['name']}": e for e in model_entries(load_workflow(path))}
             browser_support.js(driver, LOAD_WITH_MISSING_MODELS, load_workflow(path))
             shown = browser_support.wait_for(lambda: browser_support.js(driver, MISSING_MODELS_SHOWN),
                                              message=f"the Missing Models dialog of {path.name}")
-            assert {(row["file"], row["url"]) for row in shown} == expected, path.name
-            assert all(row["download"] for row in shown), (path.name, shown)
+            assert {(row["file"], row["url"]) for row in shown} == {(k, e["url"]) for k, e in entries.items()}, path.name
+            for row in shown:
+                entry = entries[row["file"]]
+                downloadable = entry["url"].startswith(DIALOG_DOWNLOAD_SOURCES) and entry["name"].endswith(DIALOG_DOWNLOAD_SUFFIXES)
+                assert row["download"] is downloadable, (path.name, row)
+                if not downloadable:
+                    assert "allowed" in row["text"], (path.name, row)  # the frontend says why
             driver.execute_script("document.querySelector('.p-dialog .p-dialog-close-button').click()")
             browser_support.wait_for(lambda: not driver.execute_script("return document.querySelector('.p-dialog')"),
                                      message="the dialog closed")

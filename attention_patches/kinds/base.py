@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..auto_routing import AutoRouting
-from ..safe_text import quoted
+from ...models.safe_text import quoted
 
 
 _SERIALS = itertools.count(1)

@@ -20,7 +20,7 @@ from ....models.ms_diffusion import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
 from ...references import blank_background, image_encoder_family
-from ...safe_text import quoted
+from ....models.safe_text import quoted
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
