@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PORT ?= 8188
 TINY ?=
+WORKFLOW ?=
 QUICK ?=
 
 .PHONY: setup browser lint test run demo bench
@@ -27,8 +28,9 @@ test: setup browser lint
 run: setup
 	$(VENV_PY) scripts/run_comfyui.py --port $(PORT)
 
+# WORKFLOW=NAME: another example of example_workflows/ (e.g. ssr_two_subjects, fastcomposer_two_people, anystory_flux)
 demo: setup
-	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,)
+	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),)
 
 # QUICK=1: fewer rounds and cases (a few minutes instead of about a quarter of an hour)
 bench: setup

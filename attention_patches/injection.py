@@ -17,7 +17,7 @@ from .layer_map import AttnKey
 from .layout import Layout
 from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
 from .recorder import RouteRecorder
-from .safe_text import quoted
+from ..models.safe_text import quoted
 from .subject_bank import SubjectBank
 
 

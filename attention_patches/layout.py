@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .safe_text import quoted
+from ..models.safe_text import quoted
 
 MAX_BOXES = 32
 MAX_LABEL_LENGTH = 200

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from string import punctuation
 
-from .safe_text import quoted
+from ..models.safe_text import quoted
 
 
 class PhraseNotFoundError(ValueError):

@@ -11,7 +11,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..models.sam import load_sam, segment
-from .safe_text import quoted
+from ..models.safe_text import quoted
 
 BACKGROUND = 1.0  # blanked background: white, like MS-Bench's product shots
 MAX_REFERENCE_SIDE = 1024  # larger views are downscaled, one at a time, before anything is stacked

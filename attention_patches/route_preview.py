@@ -18,7 +18,7 @@ from .layer_map import latent_grid
 from .layout import Layout
 from .recorder import RouteRecorder
 from .routing import box_routes
-from .safe_text import printable
+from ..models.safe_text import printable
 
 LATENT_SCALE = 8  # image pixels per latent pixel (SDXL VAE)
 # the canvas widget (web/layout_box_canvas.js) draws boxes in the same colours

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..attention_patches.safe_text import quoted
+from .safe_text import quoted
 from .ms_diffusion import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
 from .safe_load import CheckpointError, foreign_format, read_tensors

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..attention_patches.safe_text import quoted
+from .safe_text import quoted
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -187,15 +187,31 @@ def _check_declared_sizes(name: str, flat: dict[str, TensorStub], entries: dict,
         raise error(f"{name} declares {declared} bytes of tensors in a {file_size}-byte file. Download it again.")
 
 
+def _safetensors_path(path: Path, error: type[CheckpointError]) -> str:
+    """``path`` as the safetensors library opens it: a regular file whose path is valid UTF-8.
+
+    The library reads a path with non-UTF-8 bytes (lone surrogates in Python) as another path,
+    so such a file would look missing or corrupt.
+    """
+    _regular_file(path, error)
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{quoted(path.name)}: its path has bytes that are not UTF-8 text, which .safetensors files cannot be "
+                    "opened from; rename the file (or its folder)") from None
+    return text
+
+
 def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Flat ``{key: tensor}`` and the metadata (safetensors only) of ``path``."""
     path = Path(path)
     name = quoted(path.name)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
-        _regular_file(path, error)
+        opened = _safetensors_path(path, error)
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
+            with safe_open(opened, framework="pt", device="cpu") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise error(f"{name} is truncated or not a valid .safetensors file ({quoted(e)}). Download it again.") from None
@@ -218,9 +234,9 @@ def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) 
     """The flat tensor keys of ``path``, to recognise what a file is before loading it (no tensor is read)."""
     path = Path(path)
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        _regular_file(path, error)
+        opened = _safetensors_path(path, error)
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
+            with safe_open(opened, framework="pt", device="cpu") as f:
                 return frozenset(f.keys())
         except (SafetensorError, OSError, ValueError) as e:
             raise error(f"{quoted(path.name)} is truncated or not a valid .safetensors file ({quoted(e)}). "

@@ -3,12 +3,12 @@
 from comfy_api.latest import io
 
 from ..attention_patches.auto_routing import AutoRouting
-from ..attention_patches.kinds.base import ApplySettings, SubjectSetupError
+from ..attention_patches.kinds.base import ApplySettings, SubjectSetupError, missing_clip_message
 from ..attention_patches.layout import Layout
 from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrases
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
-from ..attention_patches.safe_text import quoted
+from ..models.safe_text import quoted
 from .route_capture import routes_consumed
 from .subject_warnings import positive_prompts, show_warnings, subject_warnings
 from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
@@ -119,7 +119,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             )
         tokenizer = subjects[0].tokenizer if subjects else None
         if tokenizer is None:
-            raise ValueError(f"{NODE_NAME}: auto routing needs subjects encoded with a CLIP (its tokenizer finds the phrases)")
+            raise ValueError(f"{NODE_NAME}: " + missing_clip_message("auto routing finds each phrase with the CLIP's tokenizer"))
         try:
             return locate_phrases(tokenizer, prompt, [s.phrase for s in subjects])
         except PhraseNotFoundError as e:

@@ -28,7 +28,9 @@ class EncodeReference(io.ComfyNode):
             inputs=[
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="MS-Diffusion: CLIP-ViT-bigG (clip_vision_g.safetensors); FastComposer brings its own (leave empty); see README"),
-                io.Clip.Input("clip", tooltip="the checkpoint's CLIP (MS-Diffusion: SDXL's; the phrase is encoded with its CLIP-L)"),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="the checkpoint's CLIP: MS-Diffusion (SDXL's; encodes the phrase with its CLIP-L), "
+                              "SSR-Encoder and FastComposer (SD1.5's) need it; AnyStory does not use it (leave empty)"),
                 io.Image.Input("image", tooltip="the subject; a batch is several views of the same subject (averaged)"),
                 io.String.Input("phrase", default="", tooltip="the subject's noun as it appears in the prompt, e.g. 'dog'"),
                 io.Mask.Input("mask", optional=True, tooltip="white = subject; the background is blanked before encoding"),
@@ -63,7 +65,7 @@ class EncodeReference(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip, image, phrase: str, clip_vision=None, mask=None, subjects=None,
+    def execute(cls, image, phrase: str, clip=None, clip_vision=None, mask=None, subjects=None,
                 background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
                 query: str = "", mask_weight: float = 5.0) -> io.NodeOutput:
         phrase, query = checked_phrase(phrase), checked_phrase(query, "query", optional=True)

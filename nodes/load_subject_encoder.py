@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import SubjectSetupError
 from ..attention_patches.kinds.registry import KINDS, load_subject_encoder, model_folders
-from ..attention_patches.safe_text import quoted
+from ..models.safe_text import quoted
 from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from ..attention_patches.safe_text import is_loggable, loggable
+from ..models.safe_text import is_loggable, loggable
 
 GUARDED_METHODS = ("execute", "validate_inputs")
 

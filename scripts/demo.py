@@ -1,24 +1,30 @@
-"""`make demo`: run the two-subjects example workflow headless on the embedded ComfyUI.
+"""`make demo`: run an example workflow headless on the embedded ComfyUI (default: two_subjects).
 
 Starts the embedded ComfyUI (``.runtime/ComfyUI``, with this pack) on a free port, converts
-``example_workflows/two_subjects.json`` to an API prompt with ``scripts/workflow_api.py`` against
-the server's own node definitions, queues it, relays the sampler's progress from the websocket
-and writes the image and the route preview to ``output/``.
+the example to an API prompt with ``scripts/workflow_api.py`` against the server's own node
+definitions, queues it, relays the sampler's progress from the websocket and writes the image
+and the route preview to ``output/``.
 
-Real run (``make demo``) -- the files it needs:
+``--workflow NAME`` (``make demo WORKFLOW=NAME``) runs ``example_workflows/NAME.json`` (or any UI
+workflow file): MS-Diffusion (two_subjects, lora, ...), SSR-Encoder (ssr_two_subjects, ...),
+FastComposer (fastcomposer_two_people) or AnyStory (anystory_flux).
+
+Real run -- the files it needs are the ones the example lists for ComfyUI's Missing Models dialog
+(each loader node's ``properties.models`` and the workflow's own ``models``: file, folder, URL),
+plus its reference images in ComfyUI's ``input/`` (or ``--subject PHRASE=PATH``). For
+two_subjects:
 
     .runtime/ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors
     .runtime/ComfyUI/models/clip_vision/clip_vision_g.safetensors
     .runtime/ComfyUI/models/msdiffusion/ms_adapter.bin      (or any .bin / .safetensors encoder there)
     .runtime/ComfyUI/input/dog.png, .runtime/ComfyUI/input/cat.png   (your subjects; or --subject dog=PATH)
 
-If any is missing it lists exactly which, and where they go, and exits with status 2.
-
-``--workflow example_workflows/<name>.json`` runs another example the same way (its ControlNet /
-LoRA / extra images are checked too).
+If any is missing it lists exactly which, where they go and where to download them, and exits
+with status 2.
 
 ``make demo TINY=1`` (``--tiny``) runs the same graph on tiny random-weight stand-ins (the test
-loaders in tests/custom_nodes/msp_test_nodes and a tiny encoder written to a temporary models
+loaders in tests/custom_nodes/msp_test_nodes, and for the files no loader replaces -- the
+subject encoder, LoRAs -- tiny files written by tests/tiny_files.py to a temporary models
 folder), with generated placeholder references where none are given: it shows that everything
 runs, not what the method does.
 """
@@ -29,12 +35,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,25 +50,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base  # noqa: E402
 from workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt  # noqa: E402
 
-WORKFLOW = ROOT / "example_workflows" / "two_subjects.json"
+sys.path.append(str(ROOT / "tests"))  # last: only for tiny_files, which imports ComfyUI lazily (in the child that writes them)
+import tiny_files  # noqa: E402
+
+EXAMPLES = ROOT / "example_workflows"
+WORKFLOW = EXAMPLES / "two_subjects.json"
+SHARED = " + "  # the label of a reference several subjects are picked from
+MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
 ENCODER_EXTENSIONS = (".bin", ".safetensors", ".pth", ".pt")  # as Load Subject Encoder lists them
 EXIT_MISSING = 2
 
-# loader node -> (its file widget, its models folder)
-MODEL_LOADERS = {
-    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
-    "CLIPVisionLoader": ("clip_name", "clip_vision"),
-    "MSP_LoadSubjectEncoder": ("encoder_name", "msdiffusion"),
-    "ControlNetLoader": ("control_net_name", "controlnet"),
-    "LoraLoader": ("lora_name", "loras"),
-}
-MODEL_SOURCES = {
-    "checkpoints": "SDXL 1.0 base (huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) or another SDXL checkpoint with --checkpoint NAME",
-    "clip_vision": "CLIP-ViT-bigG (huggingface.co/comfyanonymous/clip_vision_g; ComfyUI-Manager: CLIP-ViT-bigG-14-laion2B-39B-b160k)",
-    "msdiffusion": "the MS-Diffusion encoder (huggingface.co/doge1516/MS-Diffusion, file ms_adapter.bin) or a .safetensors conversion",
-    "controlnet": "an SDXL ControlNet (e.g. huggingface.co/lllyasviel/sd_control_collection)",
-    "loras": "an SDXL LoRA",
-}
+# a workflow without Missing Models metadata: the models folder of a loader's first widget
+LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "CLIPVisionLoader": "clip_vision", "MSP_LoadSubjectEncoder": "msdiffusion",
+                  "ControlNetLoader": "controlnet", "LoraLoader": "loras", "UNETLoader": "diffusion_models", "VAELoader": "vae",
+                  "StyleModelLoader": "style_models"}
 # real loader -> (test-only stand-in, extra inputs); the stand-ins build tiny random-weight models
 TINY_STAND_INS = {
     "CheckpointLoaderSimple": ("MSPTest_TinyCheckpointLoader", {}),
@@ -73,14 +76,25 @@ TINY_STAND_INS = {
 }
 
 TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
-TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for SDXL, CLIP-ViT-bigG and ms_adapter.bin "
-               "(test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")
+TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for the example's models (base model, CLIP vision, subject encoder; "
+               "test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")
 
 log = logging.getLogger("demo")
 
 
 class DemoError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One model file a workflow loads: from a loader node's widget (``node_id``) or a companion file (``node_id`` None)."""
+
+    folder: str
+    name: str
+    url: str = ""
+    node_id: str | None = None
+    loader: str = ""
 
 
 # ---------------------------------------------------------------- the prompt
@@ -108,28 +122,56 @@ def set_size(prompt: dict, width: int, height: int) -> None:
             node["inputs"].update(width=width, height=height)
 
 
-def workflow_files(workflow: dict) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+def model_files(workflow: dict, nodes: dict[str, dict]) -> list[ModelFile]:
+    """Every model file the workflow loads, as ComfyUI's Missing Models dialog lists them.
+
+    A loader's file is its widget value that names a model; its folder and URL come from the node's
+    ``properties.models`` entry of that name (the examples have one for every file), else from
+    LOADER_FOLDERS. The workflow's own ``models`` are companion files no widget names (SSR-Encoder's
+    layers file beside its aligner).
+    """
+    files = []
+    for node_id, node in nodes.items():
+        listed = {m.get("name"): m for m in (node.get("properties") or {}).get("models") or [] if isinstance(m, dict)}
+        values = node.get("widgets_values") if isinstance(node.get("widgets_values"), list) else []
+        for index, value in enumerate(values):
+            if not (isinstance(value, str) and value.lower().endswith(MODEL_FILE_SUFFIXES)):
+                continue
+            entry = listed.get(value)
+            folder = entry.get("directory") if entry else LOADER_FOLDERS.get(node["type"]) if index == 0 else None
+            if folder:
+                files.append(ModelFile(folder, value, entry.get("url", "") if entry else "", node_id, node["type"]))
+    named = {(f.folder, f.name) for f in files}
+    for entry in workflow.get("models") or []:
+        if isinstance(entry, dict) and entry.get("directory") and entry.get("name") and (entry["directory"], entry["name"]) not in named:
+            files.append(ModelFile(entry["directory"], entry["name"], entry.get("url", "")))
+    return files
+
+
+def workflow_files(workflow: dict) -> tuple[list[ModelFile], dict[str, str]]:
     """From the UI workflow, before any server runs.
 
-    Returns the model files ``{node id: (loader, folder, file)}`` and the images the graph loads
-    ``{label: file}``, labelled by the subject's phrase for references, else by the node's title.
+    Returns the model files (see model_files) and the images the graph loads ``{label: file}``,
+    labelled by the subject's phrase for references, else by the node's title.
     """
     nodes = {str(node["id"]): node for node in workflow["nodes"] if node.get("mode", 0) == 0}
-    models = {}
-    for node_id, node in nodes.items():
-        if node["type"] in MODEL_LOADERS:
-            models[node_id] = (node["type"], MODEL_LOADERS[node["type"]][1], node["widgets_values"][0])
-    phrases = {}
+    phrases: dict[str, list[str]] = {}
     for node in nodes.values():
         if node["type"] == "MSP_EncodeReference":
             image_input = next(i for i in node["inputs"] if i["name"] == "image")
             if image_input.get("link") is not None:
-                phrases[link_origin(workflow, image_input["link"])] = node["widgets_values"][0]
+                phrases.setdefault(link_origin(workflow, image_input["link"]), []).append(node["widgets_values"][0])
     images = {}
     for node_id, node in nodes.items():
-        if node["type"] == "LoadImage":
-            images[phrases.get(node_id) or node.get("title") or f"LoadImage #{node_id}"] = node["widgets_values"][0]
-    return models, images
+        if node["type"] == "LoadImage":  # one photo of several subjects (SSR-Encoder's queries): 'man + dog'
+            label = SHARED.join(phrases.get(node_id, ())) or node.get("title") or f"LoadImage #{node_id}"
+            images[label] = node["widgets_values"][0]
+    return model_files(workflow, nodes), images
+
+
+def label_phrases(label: str, phrases: list[str]) -> list[str]:
+    """The subjects an image label stands for: its phrase, the phrases of a shared photo, or none (a scene, a sketch)."""
+    return [p for p in label.split(SHARED) if p in phrases] if label not in phrases else [label]
 
 
 def subject_phrases(workflow: dict) -> list[str]:
@@ -139,21 +181,34 @@ def subject_phrases(workflow: dict) -> list[str]:
 # ---------------------------------------------------------------- files
 
 
-def find_models(comfyui: Path, models: dict[str, tuple[str, str, str]]) -> tuple[dict[str, str], list[str]]:
-    """The model file each loader node will use, and a line per missing file."""
+def source_of(model: ModelFile) -> str:
+    """Where a missing file comes from: its URL, or the pack's script that writes it (FastComposer's split)."""
+    if not model.url:
+        return f"a model for {model.loader or 'the workflow'} (see README, Models)"
+    script = re.search(r"/(scripts/\w+\.py)(?:#|$)", model.url)
+    if script and (ROOT / script.group(1)).is_file():
+        return f"written by {script.group(1)} from the official release (see README)"
+    if "#" not in model.url and not model.url.endswith("/" + model.name):  # a generic download name
+        return f"download {model.url} and save it as {model.name}"
+    return f"download {model.url}"
+
+
+def find_models(comfyui: Path, models: list[ModelFile]) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """The files found, ``{node id: (the workflow's name, the file to use)}``, and a line per missing file."""
     chosen, missing = {}, []
-    for node_id, (loader, folder, name) in models.items():
-        directory = comfyui / "models" / folder
-        if (directory / name).is_file():
-            chosen[node_id] = name
+    for model in models:
+        directory = comfyui / "models" / model.folder
+        if (directory / model.name).is_file():
             continue
-        if loader == "MSP_LoadSubjectEncoder" and directory.is_dir():
+        if model.loader == "MSP_LoadSubjectEncoder" and directory.is_dir():
             others = sorted(p.name for p in directory.iterdir() if p.suffix in ENCODER_EXTENSIONS and p.is_file())
             if others:
-                chosen[node_id] = others[0]
+                chosen[model.node_id] = (model.name, others[0])
                 continue
-        what = MODEL_SOURCES.get(folder, f"a model for {loader}")
-        missing.append(f"{directory / name}  <- {what}")
+        where = source_of(model)
+        if model.loader == "CheckpointLoaderSimple":
+            where += " (or another checkpoint of that base model with --checkpoint NAME)"
+        missing.append(f"{directory / model.name}  <- {where}")
     return chosen, missing
 
 
@@ -165,15 +220,17 @@ def resolve_images(comfyui: Path, images: dict[str, str], phrases: list[str], gi
         raise DemoError(f"--subject {unknown[0]}=...: the workflow's subjects are {', '.join(phrases)}")
     chosen, missing = {}, []
     for label, name in images.items():
-        path = given.get(label) or comfyui / "input" / name
+        owner = next((p for p in label_phrases(label, phrases) if p in given), None)
+        path = given[owner] if owner else comfyui / "input" / name
         if path.is_file():
             chosen[label] = path
-        elif label in given:
-            missing.append(f"{path}  <- the reference image for '{label}' given with --subject")
+        elif owner:
+            missing.append(f"{path}  <- the reference image for '{owner}' given with --subject")
         elif tiny:
             chosen[label] = None
-        elif label in phrases:
-            missing.append(f"{path}  <- a photo of your {label} (or pass --subject {label}=PATH)")
+        elif label_phrases(label, phrases):
+            subject = label_phrases(label, phrases)[0]
+            missing.append(f"{path}  <- a photo of your {label} (or pass --subject {subject}=PATH)")
         else:
             missing.append(f"{path}  <- the image of '{label}'")
     return chosen, missing
@@ -198,25 +255,23 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from comfy_runtime import import_comfy
 import_comfy()
-import tiny_models
-for kind, path in json.loads(sys.argv[2]):
-    {"encoder": tiny_models.save_subject_encoder, "lora": tiny_models.save_tiny_lora}[kind](path)
+import tiny_files
+tiny_files.write_tiny_files(sys.argv[2], json.loads(sys.argv[3]))
 """
 
 
 class TinyFiles:
-    """Tiny model files for the tiny UNet ("encoder": ms_adapter format, "lora": kohya format), from tests/tiny_models.py.
+    """The model files no stand-in loader replaces (subject encoders, LoRAs), tiny, from tests/tiny_files.py.
 
     Written by a child process (this one never imports ComfyUI) while the server starts.
     """
 
-    def __init__(self, files: list[tuple[str, Path]], comfyui: Path, log_path: Path):
+    def __init__(self, models_dir: Path, files: list[tuple[str, str]], comfyui: Path, log_path: Path):
         env = dict(os.environ, MSP_COMFYUI_ROOT=str(comfyui))
-        listing = json.dumps([(kind, str(path)) for kind, path in files])
         self.log_path = log_path
         with log_path.open("w") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-c", TINY_WRITER, str(ROOT / "tests"), listing], cwd=ROOT, env=env,
-                                            stdout=log_file, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen([sys.executable, "-c", TINY_WRITER, str(ROOT / "tests"), str(models_dir), json.dumps(files)],
+                                            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
         if self.process.wait() != 0:
@@ -315,17 +370,32 @@ def parse_subject(text: str) -> tuple[str, Path]:
     return phrase.strip(), Path(path.strip()).expanduser()
 
 
+def workflow_path(text: str) -> Path:
+    """A workflow file, or the name of a shipped example (``ssr_two_subjects`` or ``ssr_two_subjects.json``)."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    example = EXAMPLES / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    if example.is_file() and path.parent == Path("."):
+        return example
+    shipped = ", ".join(sorted(p.stem for p in EXAMPLES.glob("*.json")))
+    raise argparse.ArgumentTypeError(f"no workflow file '{text}'; the shipped examples are {shipped}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the two-subjects example workflow headless on the embedded ComfyUI.")
+    parser = argparse.ArgumentParser(description="Run an example workflow headless on the embedded ComfyUI.")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight stand-in models (no downloads; checks that it runs)")
     parser.add_argument("--subject", action="append", type=parse_subject, default=[], metavar="PHRASE=PATH",
-                        help="a reference image for a subject of the workflow (dog, cat); default: ComfyUI's input/<phrase>.png")
+                        help="a reference image for a subject of the workflow (two_subjects: dog, cat); default: the example's file in ComfyUI's input/")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "output", help="where the image and the route preview go")
-    parser.add_argument("--workflow", type=Path, default=WORKFLOW, help="the UI workflow to run (default: two_subjects.json)")
-    parser.add_argument("--checkpoint", metavar="NAME", help="another SDXL checkpoint in models/checkpoints (default: sd_xl_base_1.0.safetensors)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the workflow's, 30)")
+    parser.add_argument("--workflow", type=workflow_path, default=WORKFLOW, metavar="NAME_OR_FILE",
+                        help="a shipped example by name (e.g. ssr_two_subjects, fastcomposer_two_people, anystory_flux) "
+                        "or a UI workflow file (default: two_subjects)")
+    parser.add_argument("--checkpoint", metavar="NAME",
+                        help="another checkpoint of the example's base model in models/checkpoints (default: the example's)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the workflow's)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
-                        help=f"image size (default: the workflow's 1024 1024; {TINY_SIZE[0]} {TINY_SIZE[1]} with --tiny)")
+                        help=f"image size (default: the workflow's; {TINY_SIZE[0]} {TINY_SIZE[1]} with --tiny)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--comfyui", type=Path, default=COMFYUI, help="the ComfyUI to run (default: the embedded .runtime/ComfyUI)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take before the demo gives up")
@@ -345,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def other_workflow(args: argparse.Namespace) -> str:
+    """The name of the workflow when it is not the default two_subjects (for output names and hints), else ''."""
+    return "" if args.workflow.resolve() == WORKFLOW else args.workflow.stem
+
+
 def run_demo(args: argparse.Namespace) -> int:
     comfyui = args.comfyui.resolve()
     if not (comfyui / "main.py").is_file():
@@ -352,8 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
     workflow = load_workflow(args.workflow)
     models, images = workflow_files(workflow)
     if args.checkpoint:
-        models.update({node_id: (loader, folder, args.checkpoint) for node_id, (loader, folder, _) in models.items()
-                       if loader == "CheckpointLoaderSimple"})
+        models = [replace(m, name=args.checkpoint) if m.loader == "CheckpointLoaderSimple" else m for m in models]
     given = dict(args.subject)
     if args.tiny:
         log.info(TINY_NOTICE)
@@ -363,7 +437,8 @@ def run_demo(args: argparse.Namespace) -> int:
     missing += missing_images
     if missing:
         log.error("cannot run the demo: %d file(s) missing (see README, Models):\n  %s", len(missing), "\n  ".join(missing))
-        log.error("or try `make demo TINY=1` to check the setup with tiny stand-in models")
+        workflow_arg = f"WORKFLOW={other_workflow(args)} " if other_workflow(args) else ""
+        log.error("or try `make demo %sTINY=1` to check the setup with tiny stand-in models", workflow_arg)
         return EXIT_MISSING
 
     with tempfile.TemporaryDirectory(prefix="msp-demo-") as scratch:
@@ -381,7 +456,7 @@ def run_demo(args: argparse.Namespace) -> int:
             prepare_prompt(prompt, args, chosen_models, image_names)
             started = time.time()
             history = run_prompt(server, prompt, args.timeout)
-            stem = "demo-tiny" if args.tiny else "demo"
+            stem = "-".join(filter(None, ("demo", "tiny" if args.tiny else "", other_workflow(args))))
             written = save_outputs(server, history, prompt, args.output_dir, stem)
         except ServerError as e:
             raise DemoError(str(e)) from None
@@ -397,13 +472,13 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_tiny_base(base: Path, comfyui: Path, models: dict[str, tuple[str, str, str]]) -> tuple[Path, TinyFiles]:
-    """A throwaway ComfyUI base directory: the pack, the test loaders, a tiny encoder (and LoRAs) under the workflow's names."""
+def prepare_tiny_base(base: Path, comfyui: Path, models: list[ModelFile]) -> tuple[Path, TinyFiles]:
+    """A throwaway ComfyUI base directory: the pack, the test loaders, and tiny files under the workflow's names for
+    the models no stand-in loader replaces (subject encoder and its companions, LoRAs)."""
     prepare_base(base, test_nodes=True)
-    kinds = {"MSP_LoadSubjectEncoder": "encoder", "LoraLoader": "lora"}
-    files = sorted({(kinds[loader], base / "models" / folder / name) for loader, folder, name in models.values() if loader in kinds})
-    log.info("writing tiny model files: %s", ", ".join(str(path.relative_to(base)) for _, path in files))
-    return base, TinyFiles(files, comfyui, base / "tiny-files.log")
+    files = sorted({(m.folder, m.name) for m in models if tiny_files.needs_file(m.folder)})
+    log.info("writing tiny model files: %s", ", ".join(f"models/{folder}/{name}" for folder, name in files))
+    return base, TinyFiles(base / "models", files, comfyui, base / "tiny-files.log")
 
 
 def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input_dir: Path, phrases: list[str]) -> dict[str, str]:
@@ -414,7 +489,8 @@ def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input
         if source is None:
             target = input_dir / defaults[label]
             placeholder_reference(target, index)
-            hint = f" (pass --subject {label}=PATH for a real one)" if label in phrases else ""
+            owners = label_phrases(label, phrases)
+            hint = f" (pass --subject {owners[0]}=PATH for a real one)" if owners else ""
             log.info("image '%s': generated placeholder %s%s", label, target, hint)
         elif source.parent.resolve() == input_dir.resolve():
             target = source
@@ -427,11 +503,14 @@ def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input
     return names
 
 
-def prepare_prompt(prompt: dict, args: argparse.Namespace, chosen_models: dict[str, str], image_names: dict[str, str]) -> None:
-    """The files actually found or staged, the tiny stand-ins, and --steps / --size."""
-    for node_id, name in chosen_models.items():
-        node = prompt[node_id]
-        node["inputs"][MODEL_LOADERS[node["class_type"]][0]] = name
+def prepare_prompt(prompt: dict, args: argparse.Namespace, chosen_models: dict[str, tuple[str, str]], image_names: dict[str, str]) -> None:
+    """The files actually found or staged, --checkpoint, the tiny stand-ins, and --steps / --size."""
+    for node in prompt.values():
+        if args.checkpoint and not args.tiny and node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = args.checkpoint
+    for node_id, (name, found) in chosen_models.items():
+        inputs = prompt[node_id]["inputs"]
+        inputs.update({key: found for key, value in inputs.items() if value == name})
     for node in prompt.values():
         if node["class_type"] == "LoadImage" and node["inputs"].get("image") in image_names:
             node["inputs"]["image"] = image_names[node["inputs"]["image"]]

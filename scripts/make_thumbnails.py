@@ -12,18 +12,31 @@ their phrases) and what it combines. Run again after changing an example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
+import types
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.append(str(ROOT))  # last: a host's own modules (ComfyUI's nodes.py) must keep winning when this is imported
+PACKAGE = "comfyui_multisubject"  # the pack's modules import each other relatively, so they load as one package
 
-from attention_patches.layout import Layout, LayoutBox, make_layout  # noqa: E402
-from attention_patches.route_preview import colour  # noqa: E402
+
+def _pack_module(name: str):
+    """``PACKAGE.name``; outside ComfyUI the package is a bare one whose ``__init__`` (needing ComfyUI) never runs."""
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [str(ROOT)]
+        sys.modules[PACKAGE] = package
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+_layout = _pack_module("attention_patches.layout")
+Layout, LayoutBox, make_layout = _layout.Layout, _layout.LayoutBox, _layout.make_layout
+colour = _pack_module("attention_patches.route_preview").colour
 
 EXAMPLES = ROOT / "example_workflows"
 SIZE = 400  # square: the template browser crops its cards to squares

@@ -240,7 +240,8 @@ class GoldenFlux:
         holder.diffusion_model = flux
         self.flux = flux
         self.patcher = comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
-        self.patch = patch_mod.AnyStoryPatch(weights, subjects, settings)
+        loras = comfy.model_patcher.ModelPatcher(checkpoint.AnyStoryLoRAs(weights), torch.device("cpu"), torch.device("cpu"))
+        self.patch = patch_mod.AnyStoryPatch(loras, subjects, settings)
         self.patch.install(self.patcher)
 
     def __call__(self, tokens, sigma, schedule, context, pooled, guidance, grid):

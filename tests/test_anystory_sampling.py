@@ -140,6 +140,16 @@ def test_lora_weights_are_owned_by_the_memory_manager_and_shared_by_clones(flux_
     assert any(m is lora_patcher for m in loaded)
 
 
+def test_every_apply_of_an_encoder_shares_one_copy_of_its_loras(flux_model, encoder):
+    """A second Apply, or the encoder with another Redux, must not make a second device or offload copy."""
+    first = the_patch(encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings()))
+    second = the_patch(encoder.apply(flux_model, subjects_for(encoder, 1), None, base.ApplySettings(scale=0.3)))
+    restyled = encoder.with_style_model(type("StyleModel", (), {"model": RedUx()})())
+    third = the_patch(restyled.apply(flux_model, subjects_for(restyled, 2), None, base.ApplySettings()))
+    assert first is not second and first.lora_patcher is second.lora_patcher is third.lora_patcher
+    assert first.loras is third.loras
+
+
 def test_chains_a_foreign_dit_patch(flux_model, encoder):
     calls = []
 
@@ -224,8 +234,8 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
     other = torch.where(near[..., None] > 0, image, torch.rand(image.shape, generator=torch.Generator().manual_seed(8)))
     encoded = []
     for pixels, subject_mask in ((image, mask), (other, mask), (torch.cat((other, mask[..., None]), dim=-1), None)):
-        subjects, _ = nodes.EncodeReference.execute(clip_vision=vision, clip=None, image=pixels, phrase="dog", mask=subject_mask, subject_encoder=encoder,
-                                                    vae=vae).args
+        subjects, _ = nodes.EncodeReference.execute(clip_vision=vision, image=pixels, phrase="dog", mask=subject_mask,  # no clip: not used
+                                                    subject_encoder=encoder, vae=vae).args
         encoded.append(subjects[0].encodings[encoder.encoding_key()])
     first = encoded[0]
     assert first.redux.shape == (81, tiny_flux.TXT_DIM) and first.router.shape == (9, tiny_flux.TXT_DIM)
@@ -235,8 +245,7 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
         for name in ("redux", "router", "ref_latents", "ref_mask"):
             assert torch.allclose(getattr(first, name), getattr(other_encoding, name), atol=1e-5), name
     with pytest.raises(base.SubjectSetupError, match="Encode Reference: .*VAE"):
-        nodes.EncodeReference.execute(clip_vision=vision, clip=None, image=image, phrase="dog", mask=mask,
-                                      subject_encoder=encoder)
+        nodes.EncodeReference.execute(clip_vision=vision, image=image, phrase="dog", mask=mask, subject_encoder=encoder)
 
 
 @pytest.mark.parametrize("storage, compute", [(torch.bfloat16, None), (torch.float16, None), (torch.float8_e4m3fn, torch.bfloat16)],

@@ -1,11 +1,13 @@
-"""`make demo`: scripts/demo.py runs the two-subjects example headless on the embedded ComfyUI."""
+"""`make demo`: scripts/demo.py runs any example headless on the embedded ComfyUI (default: two_subjects)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from comfy_runtime import PACK_ROOT
@@ -13,6 +15,27 @@ from comfy_runtime import PACK_ROOT
 DEMO = PACK_ROOT / "scripts" / "demo.py"
 MODEL_FILES = ("models/checkpoints/sd_xl_base_1.0.safetensors", "models/clip_vision/clip_vision_g.safetensors",
                "models/msdiffusion/ms_adapter.bin")
+EXAMPLES = PACK_ROOT / "example_workflows"
+OTHER_KINDS = ("ssr_two_subjects", "fastcomposer_two_people", "anystory_flux")  # SSR-Encoder, FastComposer, AnyStory
+MODEL_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def example(name: str) -> dict:
+    return json.loads((EXAMPLES / f"{name}.json").read_text())
+
+
+def listed_models(workflow: dict) -> list[dict]:
+    """What the example declares for ComfyUI's Missing Models dialog: each file widget's node.properties.models entry,
+    plus the workflow's own models."""
+    entries = list(workflow.get("models", []))
+    for node in workflow["nodes"]:
+        listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+        entries += [listed[v] for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_SUFFIXES)]
+    return entries
+
+
+def node_types(workflow: dict) -> set[str]:
+    return {node["type"] for node in workflow["nodes"]}
 
 
 def run_demo(*args: str, timeout: float = 600) -> tuple[int, str]:
@@ -57,7 +80,7 @@ def test_without_models_the_demo_lists_each_missing_file_and_where_it_goes(tmp_p
     for relative in (*MODEL_FILES, "input/dog.png", "input/cat.png"):
         assert str(root / relative) in log, relative
     assert "5 file(s) missing" in log
-    assert "doge1516/MS-Diffusion" in log and "CLIP-ViT-bigG" in log and "SDXL" in log
+    assert "huggingface.co/doge1516/MS-Diffusion" in log and "comfyanonymous/clip_vision_g" in log and "stable-diffusion-xl-base" in log
     assert "make demo TINY=1" in log
     assert "must not start" not in log
 
@@ -82,3 +105,49 @@ def test_the_demo_refuses_a_subject_the_workflow_does_not_have(tmp_path):
     code, log = run_demo("--comfyui", str(fake_comfyui(tmp_path)), "--subject", "horse=x.png", timeout=60)
     assert code == 1
     assert "the workflow's subjects are dog, cat" in log
+
+
+@pytest.mark.parametrize("name", OTHER_KINDS)
+def test_tiny_demo_runs_an_example_of_each_other_kind(name, tmp_path):
+    """WORKFLOW=NAME: the example's own graph on the tiny stand-ins, with a tiny file for each model no loader replaces."""
+    out = tmp_path / "output"
+    code, log = run_demo("--tiny", "--workflow", name, "--steps", "2", "--size", "128", "128", "--output-dir", str(out))
+    assert code == 0, log[-5000:]
+    assert Image.open(out / f"demo-tiny-{name}.png").size == (128, 128)
+    assert (out / f"demo-tiny-{name}_routes.png").exists() == ("MSP_RouterMaskPreview" in node_types(example(name)))
+    assert f"{name}.json" in log and "128x128" in log and "step 2/2" in log
+    encoder = next(n for n in example(name)["nodes"] if n["type"] == "MSP_LoadSubjectEncoder")
+    folder = encoder["properties"]["models"][0]["directory"]
+    assert f"models/{folder}/{encoder['widgets_values'][0]}" in log  # written tiny under the example's own name
+
+
+@pytest.mark.parametrize("name", OTHER_KINDS)
+def test_without_models_the_demo_lists_the_files_that_example_needs(name, tmp_path):
+    root = fake_comfyui(tmp_path)
+    workflow = example(name)
+    code, log = run_demo("--comfyui", str(root), "--workflow", name, "--output-dir", str(tmp_path / "out"), timeout=60)
+    assert code == 2, log
+    models = listed_models(workflow)
+    images = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "LoadImage"]
+    for entry in models:  # where it goes, and where it comes from (FastComposer's: the pack's conversion script)
+        source = "written by scripts/convert_fastcomposer.py" if "convert_fastcomposer.py" in entry["url"] else f"download {entry['url']}"
+        assert f"{root / 'models' / entry['directory'] / entry['name']}  <- {source}" in log, entry
+    for image in images:
+        assert str(root / "input" / image) in log, image
+    assert f"{len(models) + len(images)} file(s) missing" in log
+    for relative in MODEL_FILES:  # nothing of MS-Diffusion's
+        assert relative not in log, relative
+    assert "must not start" not in log
+
+
+def test_make_demo_passes_the_workflow_and_tiny_mode(tmp_path):
+    result = subprocess.run(["make", "-n", "demo", "WORKFLOW=ssr_two_subjects", "TINY=1"], capture_output=True, text=True,
+                            timeout=60, cwd=PACK_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "scripts/demo.py --tiny --workflow ssr_two_subjects" in result.stdout
+
+
+def test_an_unknown_workflow_lists_the_shipped_examples(tmp_path):
+    code, log = run_demo("--comfyui", str(fake_comfyui(tmp_path)), "--workflow", "no_such_example", timeout=60)
+    assert code == 2 and "no workflow file 'no_such_example'" in log
+    assert "anystory_flux" in log and "ssr_two_subjects" in log

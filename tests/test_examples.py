@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import browser_support
-from tiny_sd15_fastcomposer import save_fastcomposer
+import tiny_files
 from comfy_runtime import PACK_ROOT
 from comfy_server import PromptRefused
 from msp_package import pack
@@ -73,8 +73,8 @@ def by_type(workflow: dict, node_type: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def examples_server(comfy_server, tiny):
-    """The session server plus what the examples need beyond dog.png / cat.png: more references, a tiny LoRA."""
+def examples_server(comfy_server):
+    """The session server plus what the examples need beyond dog.png / cat.png: more references, tiny model files."""
     import numpy as np
     from PIL import ImageDraw
 
@@ -87,20 +87,9 @@ def examples_server(comfy_server, tiny):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
-    import anystory_tiny
-    import tiny_sd15
-    import torch
-
-    tiny_sd15.save_ssr_files(comfy_server.base / "models" / "ssr_encoder", tiny_sd15.ssr_manifest(), "official")
-    save_fastcomposer(comfy_server.base / "models" / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=tiny_sd15.tiny_sd15_unet())
-    anystory = comfy_server.base / "models" / "anystory"
-    anystory.mkdir(parents=True, exist_ok=True)
-    torch.save(anystory_tiny.tiny_anystory(base_redux=False), anystory / "anystory_flux.bin")
-    for path in EXAMPLES:
-        for node in by_type(load_workflow(path), "LoraLoader"):
-            target = comfy_server.base / "models" / "loras" / node["widgets_values"][0]
-            if not target.exists():
-                tiny.save_tiny_lora(target)
+    for path in EXAMPLES:  # the files no tiny loader replaces (subject encoders, LoRAs), written as `make demo TINY=1` does
+        models, _ = demo.workflow_files(load_workflow(path))
+        tiny_files.write_tiny_files(comfy_server.base / "models", [(m.folder, m.name) for m in models])
     return comfy_server
 
 
@@ -428,6 +417,58 @@ def without_input(workflow: dict, node_type: str, input_name: str) -> dict:
     return workflow
 
 
+def with_link(workflow: dict, origin: dict, origin_slot: int, target: dict, input_name: str) -> dict:
+    """``workflow`` with a wire added from ``origin``'s output to ``target``'s input, as the frontend saves it (in place)."""
+    link_id = workflow["last_link_id"] = workflow["last_link_id"] + 1
+    slot = next(i for i, entry in enumerate(target["inputs"]) if entry["name"] == input_name)
+    target["inputs"][slot]["link"] = link_id
+    output = origin["outputs"][origin_slot]
+    output["links"] = (output.get("links") or []) + [link_id]
+    workflow["links"].append([link_id, origin["id"], origin_slot, target["id"], slot, output["type"]])
+    return workflow
+
+
+@pytest.mark.parametrize("name, why", [
+    ("two_subjects", "MS-Diffusion encodes each phrase with SDXL's CLIP-L"),
+    ("ssr_one_photo_two_subjects", "SSR-Encoder encodes the query"),
+    ("fastcomposer_two_people", "FastComposer finds each person's word"),
+])
+def test_a_kind_that_needs_clip_names_the_unconnected_clip_input_on_the_encoding_node(name, why, examples_server, object_info):
+    """Encode Reference's clip is optional (AnyStory does not use it): the kinds that need it say so, on the node that
+    encodes (Encode Reference with subject_encoder connected, else Apply), and the next prompt runs."""
+    workflow = without_input(load_workflow(EXAMPLES_DIR / f"{name}.json"), "MSP_EncodeReference", "clip")
+    prompt = runnable_prompt(workflow, object_info)
+    encode_id = str(by_type(workflow, "MSP_EncodeReference")[0]["id"])
+    assert "clip" not in prompt[encode_id]["inputs"]
+    history = examples_server.run(prompt)  # accepted at queue time: nothing required is missing
+    assert history["status"]["status_str"] == "error"
+    error = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+    encodes_there = "subject_encoder" in prompt[encode_id]["inputs"]
+    assert error["node_type"] == ("MSP_EncodeReference" if encodes_there else "MSP_ApplyMultiSubjectAttention"), name
+    if encodes_there:
+        assert error["node_id"] == encode_id
+    message = error["exception_message"]
+    assert why in message and "Encode Reference's 'clip' input is not connected: connect the" in message
+    assert "checkpoint's CLIP (the CLIP output of Load Checkpoint) to Encode Reference's clip" in message
+    again = examples_server.run(runnable_prompt(load_workflow(EXAMPLES_DIR / f"{name}.json"), object_info))
+    assert again["status"]["status_str"] == "success"
+
+
+def test_an_anystory_workflow_saved_with_clip_wired_still_converts_and_runs(examples_server, object_info):
+    """Before clip became optional the AnyStory example wired the FLUX CLIP into Encode Reference: such a saved
+    workflow converts (inputs by name) and runs; the example itself leaves clip empty."""
+    workflow = load_workflow(EXAMPLES_DIR / "anystory_flux.json")
+    encodes = by_type(workflow, "MSP_EncodeReference")
+    assert all(entry["link"] is None for node in encodes for entry in node["inputs"] if entry["name"] == "clip")
+    dual_clip = by_type(workflow, "DualCLIPLoader")[0]
+    for node in encodes:
+        with_link(workflow, dual_clip, 0, node, "clip")
+    prompt = runnable_prompt(workflow, object_info)
+    assert [prompt[str(node["id"])]["inputs"]["clip"] for node in encodes] == [[str(dual_clip["id"]), 0]] * len(encodes)
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+
+
 def test_a_removed_subjects_wire_is_a_node_error_and_the_server_keeps_serving(examples_server, object_info):
     workflow = without_input(load_workflow(EXAMPLES_DIR / "two_subjects.json"), "MSP_ApplyMultiSubjectAttention", "subjects")
     prompt = runnable_prompt(workflow, object_info)
@@ -603,6 +644,15 @@ def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(pa
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_note_links_every_file_it_needs(path):
+    """The dialog offers no download for .bin releases and converted files: the note links each file."""
+    workflow = load_workflow(path)
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
+    for entry in model_entries(workflow):
+        assert f"[`{entry['name']}`]({entry['url']})" in notes, (path.name, entry["name"])
+
+
 @pytest.fixture(scope="module")
 def server_without_models(tmp_path_factory):
     """A fresh server with no model files, as a newcomer's first start."""
@@ -623,23 +673,35 @@ await app.loadGraphData(workflow);
 MISSING_MODELS_SHOWN = """
 return [...document.querySelectorAll(".comfy-missing-models li")].map((li) => ({
   file: li.querySelector("span[title]")?.innerText.trim(), url: li.querySelector("span[title]")?.title,
-  download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download")),
+  download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download") && !b.disabled),
+  text: li.innerText,
 }));
 """
 
 
+# What frontend 1.32.9 downloads itself from the Missing Models dialog: .safetensors from these sources
+DIALOG_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
+DIALOG_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
+
+
 @browser_support.requires_browser
-def test_the_missing_models_dialog_lists_every_file_of_every_example_with_a_download(server_without_models, tmp_path):
+def test_the_missing_models_dialog_lists_every_file_of_every_example(server_without_models, tmp_path):
     """Loaded in the real frontend on a server without models, each example's dialog lists all its files
-    (the subject encoder too, not only the checkpoint and CLIP-Vision), each with its URL and a download button."""
+    (the subject encoder too, not only the checkpoint and CLIP-Vision) with their URL; those the frontend
+    may download have a working Download button, the others (.bin releases, converted files) show its reason."""
     with browser_support.browser_session(server_without_models, tmp_path / "profile") as driver:
         for path in EXAMPLES:
-            expected = {(f"{e['directory']} / {e['name']}", e["url"]) for e in model_entries(load_workflow(path))}
+            entries = {f"{e['directory']} / {e['name']}": e for e in model_entries(load_workflow(path))}
             browser_support.js(driver, LOAD_WITH_MISSING_MODELS, load_workflow(path))
             shown = browser_support.wait_for(lambda: browser_support.js(driver, MISSING_MODELS_SHOWN),
                                              message=f"the Missing Models dialog of {path.name}")
-            assert {(row["file"], row["url"]) for row in shown} == expected, path.name
-            assert all(row["download"] for row in shown), (path.name, shown)
+            assert {(row["file"], row["url"]) for row in shown} == {(k, e["url"]) for k, e in entries.items()}, path.name
+            for row in shown:
+                entry = entries[row["file"]]
+                downloadable = entry["url"].startswith(DIALOG_DOWNLOAD_SOURCES) and entry["name"].endswith(DIALOG_DOWNLOAD_SUFFIXES)
+                assert row["download"] is downloadable, (path.name, row)
+                if not downloadable:
+                    assert "allowed" in row["text"], (path.name, row)  # the frontend says why
             driver.execute_script("document.querySelector('.p-dialog .p-dialog-close-button').click()")
             browser_support.wait_for(lambda: not driver.execute_script("return document.querySelector('.p-dialog')"),
                                      message="the dialog closed")

@@ -342,6 +342,16 @@ def test_errors_name_the_problem(unet, encoder, people):
         apply(unet, encoder, people, start_percent=0.8, end_percent=0.5)
 
 
+def test_without_clip_the_error_names_encode_references_clip_input(unet, encoder):
+    """FastComposer finds the people's words with the CLIP's tokenizer: a missing clip is named where it is encoded."""
+    fix = r"FastComposer finds each person's word .* Encode Reference's 'clip' input is not connected: connect the SD1.5 checkpoint's CLIP"
+    with pytest.raises(base.SubjectSetupError, match="^Encode Reference: " + fix):
+        nodes.EncodeReference.execute(image=reference_image(20), phrase="man", subject_encoder=encoder)
+    subjects = nodes.EncodeReference.execute(image=reference_image(20), phrase="man").args[0]
+    with pytest.raises(base.SubjectSetupError, match=r"^Apply Multi-Subject Attention: subject 1 \('man'\): " + fix):
+        apply(unet, encoder, subjects, prompt="a man")
+
+
 def test_stock_unet_is_warned_about(unet, encoder_path, tmp_path, people, caplog):
     with caplog.at_level(logging.WARNING, logger="comfyui_multisubject.fastcomposer"):
         apply(unet, registry.load_subject_encoder(encoder_path), people)

@@ -113,3 +113,15 @@ def test_a_structure_of_shared_dicts_nesting_exponentially_is_refused(tmp_path):
     torch.save(level, path)
     with pytest.raises(safe_load.CheckpointError, match="more than 1000000 entries"):
         safe_load.read_keys(path)
+
+
+@pytest.mark.parametrize("read", ["read_keys", "read_tensors"])
+def test_a_safetensors_path_that_is_not_utf8_is_named_for_renaming(tmp_path, read):
+    """The safetensors library opens such a path as another one; the file would look missing or corrupt."""
+    from safetensors.torch import save_file
+
+    save_file({"image_proj.latents": torch.zeros(4)}, str(tmp_path / "plain.safetensors"))
+    name = tmp_path / "dog\udcff.safetensors"  # byte 0xff, as Python names it (surrogateescape)
+    (tmp_path / "plain.safetensors").rename(name)
+    with pytest.raises(safe_load.CheckpointError, match=r"'dog\\udcff\.safetensors': its path has bytes that are not UTF-8.*rename"):
+        getattr(safe_load, read)(name)

@@ -71,7 +71,7 @@ def test_a_lone_surrogate_in_a_phrase_missing_from_the_prompt_is_an_error_and_th
 
 
 def test_quoted_text_is_printable_bounded_and_encodable():
-    safe_text = pack("attention_patches.safe_text")
+    safe_text = pack("models.safe_text")
     text = safe_text.quoted("a\ud800b\x00c\u202e" + "x" * 10_000)
     text.encode("utf-8")
     assert text.startswith("'a\\ud800b\\x00c\\u202e") and "(10006 characters)" in text and len(text) < 200

@@ -86,6 +86,18 @@ def test_a_connected_encoder_reports_a_wrong_clip_vision_on_encode_reference(tin
         apply(tiny.tiny_sdxl_model(), tiny_encoder, subjects, layout(BOXES[:1]))
 
 
+def test_ms_diffusion_without_clip_names_the_input_and_the_fix_on_the_encoding_node(tiny_vision, tiny_encoder, tiny_unet):
+    """clip is optional on Encode Reference (AnyStory has none); MS-Diffusion encodes the phrase with it."""
+    schema = nodes.EncodeReference.define_schema()
+    assert [i.id for i in schema.inputs][:2] == ["clip_vision", "clip"] and schema.inputs[1].optional  # same name, same place
+    fix = r"MS-Diffusion encodes each phrase with SDXL's CLIP-L, and Encode Reference's 'clip' input is not connected: connect the SDXL checkpoint's CLIP"
+    with pytest.raises(base.SubjectSetupError, match="^Encode Reference: " + fix):
+        nodes.EncodeReference.execute(clip_vision=tiny_vision, image=reference_image(0), phrase="dog", subject_encoder=tiny_encoder)
+    subjects = nodes.EncodeReference.execute(clip_vision=tiny_vision, image=reference_image(0), phrase="dog").args[0]
+    with pytest.raises(base.SubjectSetupError, match=r"^Apply Multi-Subject Attention: subject 1 \('dog'\): " + fix):
+        apply(tiny_unet, tiny_encoder, subjects, layout(BOXES[:1]))
+
+
 def test_ms_diffusion_without_a_layout_names_the_missing_box_node(tiny_unet, tiny_encoder, tiny_vision, tiny_clip):
     subjects = encode_subjects(tiny_vision, tiny_clip, ["dog"])
     with pytest.raises(base.SubjectSetupError, match="connect a Draw Layout Box"):

@@ -115,6 +115,13 @@ def test_mismatched_pair_is_named(manifest, tmp_path):
         loader.load_ssr_checkpoint(tmp_path / "ssr_aligner.safetensors")
 
 
-def test_names_in_messages_are_bounded_and_escaped():
-    assert loader.shown("a\udc80b") == "a\\udc80b"
-    assert len(loader.shown("x" * 10_000)) <= loader.MAX_NAME_CHARS + 3
+def test_names_in_messages_are_bounded_and_escaped(tmp_path):
+    """A file name with a non-UTF-8 byte (a lone surrogate in Python) and 200 characters: the message stays loggable."""
+    name = "x" * 50 + "\udc80" + "y" * 150 + ".safetensors"
+    save_file({"unrelated.weight": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    (tmp_path / "plain.safetensors").rename(tmp_path / name)  # Python writes the byte back (surrogateescape)
+    with pytest.raises(loader.SSRFormatError) as raised:
+        loader.load_ssr_checkpoint(tmp_path / name)
+    message = str(raised.value)
+    assert pack("models.safe_text").is_loggable(message) and len(message) < 400, message
+    assert "x\\udc80y" in message and "(213 characters)" in message and "rename the file" in message

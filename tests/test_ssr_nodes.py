@@ -79,6 +79,18 @@ def test_encode_reference_names_a_wrong_clip_vision_on_its_node(folders, sd15, t
                                       subject_encoder=encoder)
 
 
+def test_without_clip_the_query_cannot_be_encoded_and_the_error_says_where_to_connect_it(folders, sd15):
+    unet, _, vision = sd15
+    encoder = nodes.LoadSubjectEncoder.execute(encoder_name="ssr_aligner.safetensors").args[0]
+    fix = r"SSR-Encoder encodes the query .* SD1.5 checkpoint's CLIP, and Encode Reference's 'clip' input is not connected: connect the SD1.5 checkpoint's CLIP"
+    with pytest.raises(base.SubjectSetupError, match="^Encode Reference: " + fix):
+        nodes.EncodeReference.execute(clip_vision=vision, image=reference_image(0), phrase="dog", subject_encoder=encoder)
+    subjects = nodes.EncodeReference.execute(clip_vision=vision, image=reference_image(0), phrase="dog").args[0]
+    with pytest.raises(base.SubjectSetupError, match=r"^Apply Multi-Subject Attention: subject 1 \('dog'\): " + fix):
+        nodes.ApplyMultiSubjectAttention.execute(model=unet, subject_encoder=encoder, subjects=subjects, scale=0.65,
+                                                 start_percent=0.0, end_percent=1.0, drop_grounding=False)
+
+
 def test_mask_weight_and_query_reach_the_reference(sd15):
     _, clip, vision = sd15
     mask = torch.zeros(1, 64, 48)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..auto_routing import AutoRouting
-from ..safe_text import quoted
+from ...models.safe_text import quoted
 
 
 _SERIALS = itertools.count(1)
@@ -92,6 +92,22 @@ class Reference:
     def tokenizer(self):
         """The CLIP's tokenizer, to find the phrase in the prompt (auto routing, token positions)."""
         return getattr(self.clip, "tokenizer", None)
+
+    def required_clip(self, why: str, checkpoint: str):
+        """The connected CLIP, or an error saying what it is needed for and where to connect it.
+
+        ``clip`` is optional on Encode Reference (AnyStory does not use it), so every kind that reads
+        it asks here. ``why``: what the kind does with it; ``checkpoint``: the base model, e.g. "SDXL".
+        """
+        if self.clip is None:
+            raise SubjectSetupError(missing_clip_message(why, checkpoint))
+        return self.clip
+
+
+def missing_clip_message(why: str, checkpoint: str = "") -> str:
+    """Names the unconnected input and the fix in the frontend's words (node titles, socket names)."""
+    return (f"{why}, and Encode Reference's 'clip' input is not connected: connect the {checkpoint + ' ' if checkpoint else ''}"
+            "checkpoint's CLIP (the CLIP output of Load Checkpoint) to Encode Reference's clip")
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
-from ..safe_text import quoted
+from ...models.safe_text import quoted
 from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .fastcomposer import FastComposerEncoder

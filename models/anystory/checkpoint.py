@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...attention_patches.safe_text import quoted
+from ..safe_text import quoted
 from ..safe_load import CheckpointError, read_tensors
 from .lora import LowRank, LowRankWeights, StreamLoRA, StreamLoRAWeights
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..safe_text import printable
 from ..safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, CheckpointError, read_keys, read_tensors
 from .aligner import ALIGNER_HEADS, CLIP_DEPTHS, SSRAligner
 from .layers import SSRLayers
@@ -42,19 +43,10 @@ ROLE_NAMES = {
     LAYERS: "attention layers (pytorch_model_1.bin or ssr_attentions.safetensors)",
 }
 MAX_PARTNER_CANDIDATES = 32  # bounded work when the partner has an unknown name
-MAX_NAME_CHARS = 120
 
 
 class SSRFormatError(CheckpointError):
     """Not a usable SSR-Encoder file (or pair); the message says why and what to do."""
-
-
-def shown(text: str) -> str:
-    """A file name or path safe to put in a message or a log line (bounded, lone surrogates escaped)."""
-    text = str(text)
-    if len(text) > MAX_NAME_CHARS:
-        text = text[:MAX_NAME_CHARS] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _without_ddp_prefix(flat: dict) -> dict:
@@ -95,7 +87,7 @@ def build_aligner(flat: dict[str, torch.Tensor], name: str = "aligner") -> SSRAl
             aligner = SSRAligner(query_dim, feature_dim, inner, CLIP_DEPTHS, ALIGNER_HEADS)
         aligner.load_state_dict(state, strict=True, assign=True)
     except (KeyError, ValueError, RuntimeError) as e:
-        raise SSRFormatError(f"{shown(name)} is not a complete SSR-Encoder aligner ({shown(str(e))[:300]}); "
+        raise SSRFormatError(f"{printable(name)} is not a complete SSR-Encoder aligner ({printable(str(e))[:300]}); "
                              "use pytorch_model.bin from the official release or ssr_aligner.safetensors") from e
     return aligner.eval().requires_grad_(False)
 
@@ -108,17 +100,17 @@ def build_layers(flat: dict[str, torch.Tensor], name: str = "layers") -> SSRLaye
             pairs.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
     incomplete = [n for n, pair in sorted(pairs.items()) if set(pair) != {"to_k_SSR", "to_v_SSR"}]
     if not pairs or incomplete:
-        raise SSRFormatError(f"{shown(name)} is not a complete SSR-Encoder layers file (layers {incomplete[:5]} lack "
+        raise SSRFormatError(f"{printable(name)} is not a complete SSR-Encoder layers file (layers {incomplete[:5]} lack "
                              "to_k_SSR or to_v_SSR); use pytorch_model_1.bin or ssr_attentions.safetensors")
     token_dims = {t.shape[1] for pair in pairs.values() for t in pair.values()}
     if len(token_dims) != 1:
-        raise SSRFormatError(f"{shown(name)} is inconsistent: its layers read tokens of widths {sorted(token_dims)}")
+        raise SSRFormatError(f"{printable(name)} is inconsistent: its layers read tokens of widths {sorted(token_dims)}")
     with torch.device("meta"):
         layers = SSRLayers(token_dims.pop(), {n: pair["to_k_SSR"].shape[0] for n, pair in pairs.items()})
     try:
         layers.load_state_dict({f"{n}.{p}.weight": t for n, pair in pairs.items() for p, t in pair.items()}, strict=True, assign=True)
     except RuntimeError as e:
-        raise SSRFormatError(f"{shown(name)}: {shown(str(e))[:300]}") from e
+        raise SSRFormatError(f"{printable(name)}: {printable(str(e))[:300]}") from e
     return layers.eval().requires_grad_(False)
 
 
@@ -149,11 +141,11 @@ def find_partner(path: Path, wanted: str) -> Path:
             if file_role(read_keys(candidate, SSRFormatError)) == wanted:
                 return candidate
         except CheckpointError as e:
-            log.debug("skipping %s while looking for the SSR %s: %s", shown(candidate.name), wanted, shown(str(e)))
+            log.debug("skipping %s while looking for the SSR %s: %s", printable(candidate.name), wanted, printable(str(e)))
     have = ROLE_NAMES[LAYERS if wanted == ALIGNER else ALIGNER]
     raise SSRFormatError(
-        f"{shown(path.name)} holds SSR-Encoder's {have.split(' (')[0]}, but its {ROLE_NAMES[wanted]} is not in the same "
-        f"folder ({shown(path.parent)}). SSR-Encoder needs both files: put the missing one from the same release next to it."
+        f"{printable(path.name)} holds SSR-Encoder's {have.split(' (')[0]}, but its {ROLE_NAMES[wanted]} is not in the same "
+        f"folder ({printable(path.parent)}). SSR-Encoder needs both files: put the missing one from the same release next to it."
     )
 
 
@@ -164,7 +156,7 @@ def load_ssr_checkpoint(path: str | Path) -> SSRCheckpoint:
     role = file_role(flat.keys())
     if role is None:
         raise SSRFormatError(
-            f"{shown(path.name)} is not an SSR-Encoder file: expected the aligner ('aligner.to_q.weight' or 'to_v.0.weight') "
+            f"{printable(path.name)} is not an SSR-Encoder file: expected the aligner ('aligner.to_q.weight' or 'to_v.0.weight') "
             "or the attention layers ('1.to_k_SSR.weight')"
         )
     partner = find_partner(path, LAYERS if role == ALIGNER else ALIGNER)
@@ -175,8 +167,8 @@ def load_ssr_checkpoint(path: str | Path) -> SSRCheckpoint:
     layers = build_layers(layers_flat, layers_file.name)
     if layers.token_dim != aligner.query_dim:
         raise SSRFormatError(
-            f"{shown(aligner_file.name)} emits {aligner.query_dim}-wide tokens but {shown(layers_file.name)} reads "
+            f"{printable(aligner_file.name)} emits {aligner.query_dim}-wide tokens but {printable(layers_file.name)} reads "
             f"{layers.token_dim}-wide ones: the two files are not from the same release"
         )
-    log.info("loaded SSR-Encoder %s + %s: %d layers", shown(aligner_file.name), shown(layers_file.name), len(layers))
+    log.info("loaded SSR-Encoder %s + %s: %d layers", printable(aligner_file.name), printable(layers_file.name), len(layers))
     return SSRCheckpoint(aligner, layers, aligner_file, layers_file)

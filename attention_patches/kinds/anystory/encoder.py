@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 import comfy.model_management as mm
+import comfy.model_patcher
 
 from ....models.anystory import reference as ref_inputs
-from ....models.anystory.checkpoint import AnyStoryWeights, load_weights, recognises
+from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
 from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
@@ -99,11 +100,15 @@ class AnyStoryEncoder(SubjectEncoder):
     preview_downscales = (2,)  # one FLUX token per 2x2 latent pixels
     learned_routes = True
 
-    def __init__(self, name: str, weights: AnyStoryWeights, redux_base: dict[str, torch.Tensor] | None = None):
+    def __init__(self, name: str, weights: AnyStoryWeights, redux_base: dict[str, torch.Tensor] | None = None,
+                 lora_patchers: dict | None = None):
         self.name = name
         self.weights = weights
         self.redux_base = redux_base
         self._embedders: tuple[GatedPoolingEmbedder, GatedPoolingEmbedder] | None = None
+        # (load device, offload device) -> the ModelPatcher of the streams' LoRAs, shared by every Apply
+        # (and by this encoder with another Redux): one device copy, and one offload copy, per encoder
+        self._lora_patchers = lora_patchers if lora_patchers is not None else {}
 
     @classmethod
     def recognises(cls, keys) -> bool:
@@ -115,7 +120,15 @@ class AnyStoryEncoder(SubjectEncoder):
 
     def with_style_model(self, style_model) -> AnyStoryEncoder:
         """The same encoder with Redux's weights taken from a loaded STYLE_MODEL."""
-        return AnyStoryEncoder(self.name, self.weights, redux_state_of(style_model))
+        return AnyStoryEncoder(self.name, self.weights, redux_state_of(style_model), self._lora_patchers)
+
+    def lora_patcher(self, model) -> comfy.model_patcher.ModelPatcher:
+        """The streams' LoRAs under a ModelPatcher with ``model``'s devices, so the memory manager owns them."""
+        devices = (model.load_device, model.offload_device)
+        if devices not in self._lora_patchers:
+            self._lora_patchers[devices] = comfy.model_patcher.ModelPatcher(
+                AnyStoryLoRAs(self.weights), load_device=devices[0], offload_device=devices[1])
+        return self._lora_patchers[devices]
 
     def encoding_key(self):
         return (self.kind, self.serial)  # with_style_model makes a new encoder, so the Redux weights are part of it
@@ -196,7 +209,7 @@ class AnyStoryEncoder(SubjectEncoder):
             ref_ids=ref_inputs.reference_ids(int(encodings[0].ref_latents.shape[0] ** 0.5)),
         )
         gating = replace(Gating(), ref_start=settings.start_percent, ref_end=settings.end_percent, router=len(subjects) > 1)
-        patch = AnyStoryPatch(self.weights, tokens, AnyStorySettings(gating=gating, redux_scale=1.0), boxes, recorder)
+        patch = AnyStoryPatch(self.lora_patcher(model), tokens, AnyStorySettings(gating=gating, redux_scale=1.0), boxes, recorder)
         patched = model.clone()
         patch.install(patched)
         return patched

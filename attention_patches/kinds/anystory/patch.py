@@ -4,9 +4,9 @@ The wrapper decides per model call which streams run (official step gating), app
 scaled redux tokens to the T5 context, builds the reference stream (modulated at t = 0) and
 the router stream, and leaves them in ``transformer_options`` for the block replacements;
 they run the multi-stream blocks of ``streams`` on the model's own block modules and never
-fork model code. The streams' LoRAs live in an ``nn.Module`` under a ModelPatcher made per
-Apply (with the MODEL's devices) that every block replacement returns from ``models()``, so
-ComfyUI's memory manager loads, offloads and counts them with the MODEL. Rows of an
+fork model code. The streams' LoRAs live in an ``nn.Module`` under a ModelPatcher the encoder
+makes once per device pair and every block replacement returns from ``models()``, so ComfyUI's
+memory manager loads, offloads and counts them with the MODEL. Rows of an
 unconditional (negative) chunk run plain FLUX: AnyStory has no negative counterpart. The reference keys/values are exact across steps (the stream never
 sees the image or t), so they are computed once per sampling run and distinct (pooled
 text, guidance) row, and dropped when the run ends.
@@ -23,7 +23,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
-from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights
+from ....models.anystory.checkpoint import AnyStoryLoRAs
 from ...chaining import ChainedPatch
 from ...patch import sampling_step
 from ...routing import box_routes
@@ -65,10 +65,10 @@ class SubjectTokens:
 class AnyStoryPatch:
     """Shared (never copied) by every clone and block replacement of one Apply."""
 
-    def __init__(self, weights: AnyStoryWeights, subjects: SubjectTokens, settings: AnyStorySettings,
+    def __init__(self, lora_patcher: comfy.model_patcher.ModelPatcher, subjects: SubjectTokens, settings: AnyStorySettings,
                  boxes: torch.Tensor | None = None, recorder=None):
-        self.loras = AnyStoryLoRAs(weights)
-        self.lora_patcher: comfy.model_patcher.ModelPatcher | None = None  # made by install, with the MODEL's devices
+        self.lora_patcher = lora_patcher  # the encoder's AnyStoryLoRAs, with the MODEL's devices
+        self.loras: AnyStoryLoRAs = lora_patcher.model
         self.subjects = subjects
         self.settings = settings
         self.boxes = boxes
@@ -92,8 +92,6 @@ class AnyStoryPatch:
         if any(isinstance(p, BlockReplacement) for p in replaced.values()):
             raise SubjectSetupError("this MODEL is already patched by an AnyStory Apply; apply all subjects in one Apply node")
         flux = model.get_model_object("diffusion_model")
-        self.lora_patcher = comfy.model_patcher.ModelPatcher(self.loras, load_device=model.load_device,
-                                                             offload_device=model.offload_device)
         for kind, blocks in (("double", flux.double_blocks), ("single", flux.single_blocks)):
             for index in range(len(blocks)):
                 foreign = replaced.get((f"{kind}_block", index))

@@ -17,12 +17,13 @@ import comfy.patcher_extension
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError
+from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
 from .model_check import check_model, cross_attention_blocks
 from .tokens import PhraseNotFoundError, subject_token_positions
 
 log = logging.getLogger("comfyui_multisubject.fastcomposer")
+NEEDS_CLIP = "FastComposer finds each person's word in the prompt with the SD1.5 checkpoint's CLIP tokenizer"
 
 
 class FastComposerEncoder(SubjectEncoder):
@@ -81,6 +82,7 @@ class FastComposerEncoder(SubjectEncoder):
 
     def encode(self, reference: Reference) -> torch.Tensor:
         """One [D] embedding per person: the official embedding of each photo, averaged over the photos."""
+        reference.required_clip(NEEDS_CLIP, "SD1.5")  # read at Apply: caught here, on the node that has the input
         views = reference.pixels
         if reference.mask is not None:  # the encoder was trained on faces cut out of their background: black it out
             views = replace_background(views, reference.mask.unsqueeze(-1) >= 0.5)
@@ -97,7 +99,7 @@ class FastComposerEncoder(SubjectEncoder):
             )
         people = FusedPeople(
             postfuse=self.postfuse,
-            embeddings=torch.stack([subject.encoded(self) for subject in subjects]).float(),
+            embeddings=torch.stack(encodings_of(self, subjects)).float(),
             positions=self.token_positions(subjects, settings.prompt),
             sigma_range=self._sigma_range(model, settings),
             boxes=layout.tensor() if layout is not None else None,
@@ -129,7 +131,7 @@ class FastComposerEncoder(SubjectEncoder):
             )
         tokenizer = subjects[0].tokenizer
         if tokenizer is None:
-            raise SubjectSetupError("FastComposer needs the people encoded with the SD1.5 CLIP: connect it to Encode Reference")
+            raise SubjectSetupError(missing_clip_message(NEEDS_CLIP, "SD1.5"))
         try:
             return subject_token_positions(tokenizer, prompt, [s.phrase for s in subjects])
         except PhraseNotFoundError as e:

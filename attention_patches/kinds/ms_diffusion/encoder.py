@@ -20,7 +20,7 @@ from ....models.ms_diffusion import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
 from ...references import blank_background, image_encoder_family
-from ...safe_text import quoted
+from ....models.safe_text import quoted
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
@@ -117,9 +117,7 @@ class MSDiffusionSDXL(SubjectEncoder):
         if reference.clip_vision is None:
             raise SubjectSetupError("MS-Diffusion encodes references with CLIP-ViT-bigG: connect Load CLIP Vision "
                                     "(clip_vision_g.safetensors) to Encode Reference's clip_vision")
-        if reference.clip is None:
-            raise SubjectSetupError("MS-Diffusion encodes each phrase with SDXL's CLIP-L: connect the SDXL checkpoint's "
-                                    "CLIP to Encode Reference's clip")
+        clip = reference.required_clip("MS-Diffusion encodes each phrase with SDXL's CLIP-L", "SDXL")
         pixels = reference.pixels if reference.mask is None else blank_background(reference.pixels, reference.mask)
         features = reference.clip_vision.encode_image(pixels, crop=False)["penultimate_hidden_states"]
         if features.shape[-1] != self.feature_dim:
@@ -128,7 +126,7 @@ class MSDiffusionSDXL(SubjectEncoder):
                 f"{image_encoder_family(self.feature_dim)}. Load clip_vision_g.safetensors (CLIP-ViT-bigG) with Load CLIP "
                 "Vision and feed it to Encode Reference."
             )
-        phrase = encode_phrase(reference.clip, reference.phrase)
+        phrase = encode_phrase(clip, reference.phrase)
         if phrase.shape[-1] != self.phrase_dim:
             raise SubjectSetupError(
                 f"the phrase embedding is {phrase.shape[-1]}-wide, the encoder expects {self.phrase_dim} (SDXL's CLIP-L): "

@@ -26,7 +26,7 @@ from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
-from .encoding import clip_layer_features, patch_grid, query_embedding
+from .encoding import NEEDS_CLIP, clip_layer_features, patch_grid, query_embedding
 from .layer_map import SD15_DOWNSCALES, SD15_LAYERS
 
 DEFAULT_MASK_WEIGHT = 5.0  # the official generate_mask default (infer_mask.py uses 1 and says to tune it)
@@ -117,10 +117,11 @@ class SSREncoder(SubjectEncoder):
         if reference.clip_vision is None:
             raise SubjectSetupError("SSR-Encoder encodes the reference with CLIP-ViT-L/14: connect Load CLIP Vision "
                                     "(clip_vision_vit_l / openai clip-vit-large-patch14) to Encode Reference")
+        clip = reference.required_clip(NEEDS_CLIP, "SD1.5")
         features = clip_layer_features(reference.clip_vision, clip_pixels(reference.pixels), aligner.feature_dim)
         zero = clip_layer_features(reference.clip_vision, torch.zeros(1, 3, CLIP_SIZE, CLIP_SIZE), aligner.feature_dim)
-        query = query_embedding(reference.clip, reference.query_text, aligner.query_dim)
-        empty = query_embedding(reference.clip, "", aligner.query_dim)
+        query = query_embedding(clip, reference.query_text, aligner.query_dim)
+        empty = query_embedding(clip, "", aligner.query_dim)
         bias = None
         if reference.mask is not None:
             weight = reference.mask_weight

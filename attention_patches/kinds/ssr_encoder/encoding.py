@@ -15,13 +15,14 @@ import comfy.clip_model
 import comfy.model_management as mm
 
 from ...references import image_encoder_family
-from ..base import SubjectSetupError
+from ..base import SubjectSetupError, missing_clip_message
 
 VIT_L_LAYERS = 24
 LAYER_STRIDE = 4  # outputs of layers 4, 8, ..., 24
 CLIP_TOKENS = 257  # 224 px, patch 14: CLS + 16 x 16
 QUERY_TOKENS = 77  # the official tokenizer truncates the query to one CLIP window
 MAX_QUERY_CHARS = 2000
+NEEDS_CLIP = "SSR-Encoder encodes the query (the words that pick the subject) with the SD1.5 checkpoint's CLIP"
 
 VIT_L_NEEDED = ("SSR-Encoder needs the CLIP-ViT-L/14 vision model at 224 px (openai clip-vit-large-patch14, e.g. "
                 "clip_vision_vit_l.safetensors / model.safetensors of that repo) in models/clip_vision, loaded with Load CLIP Vision")
@@ -70,7 +71,7 @@ def query_embedding(clip, text: str, query_dim: int) -> torch.Tensor:
     The CLIP is cloned with its layer reset, so a CLIP Set Last Layer upstream does not change the query.
     """
     if clip is None:
-        raise SubjectSetupError("SSR-Encoder encodes the query with the SD1.5 checkpoint's CLIP: connect it to Encode Reference")
+        raise SubjectSetupError(missing_clip_message(NEEDS_CLIP, "SD1.5"))
     last_layer = clip.clone()
     last_layer.clip_layer(None)
     cond = last_layer.encode_from_tokens(last_layer.tokenize(text[:MAX_QUERY_CHARS]))
