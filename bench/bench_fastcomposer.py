@@ -23,7 +23,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import bench_data_dir, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime  # noqa: E402
 from bench_unet import Step  # noqa: E402
-from sd15 import CROSS_ATTENTIONS, parameters, per_round, real_sd15_model, step_sigma, timed_steps  # noqa: E402
+from sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,  # noqa: E402
+                  step_sigma, timed_steps, unpatched_entry)
 
 PROMPT = "a photo of a man and a woman at the beach"
 PHRASES = ("man", "woman")
@@ -174,8 +175,9 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     rows, records = [], []
     for name, step in steps.items():
         if name == "unpatched":
-            rows.append([name, ms(timings.median(name)), "-", "-", "-", "-", "-"])
-            records.append({"variant": name, "ms": timings.median(name) * 1000, "vs_unpatched": 1.0})
+            row, record = unpatched_entry(timings)
+            rows.append(row)
+            records.append(record)
             continue
         record = {"variant": name, "ms": timings.median(name) * 1000, "vs_unpatched": timings.ratio(name, "unpatched")}
         added_ms = share = "-"
@@ -192,13 +194,11 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
         records.append(record)
         rows.append([name, ms(timings.median(name)), ratio(record["vs_unpatched"]), per_round(timings, name), added_ms, share,
                      f"{record['apply_ms']:.1f}" if "apply_ms" in record else "-"])
-    for r in timings.rounds:
-        print("  round seconds: " + ", ".join(f"{n} {t:.2f}" for n, t in r.items()), file=sys.stderr)
+    log_rounds(timings)
     gains = "; ".join(f"{r['variant'].removesuffix(EVERY_PIXEL)}: pack / every pixel {r['pack_vs_every_pixel_added']:.2f}x of the "
                       f"added time ({r['pack_vs_every_pixel_step']:.3f}x of the step), max abs difference of the step outputs "
                       f"{r['max_abs_difference']:.1e}" for r in records if "pack_vs_every_pixel_step" in r)
-    table = markdown_table(["model", "step ms", "patched / unpatched", "per round", "ms added by the patch (instrumented)",
-                            "share of the step", "Apply ms (once)"], rows)
+    table = markdown_table(STEP_COLUMNS, rows)
     text = (
         f"### (g) FastComposer: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, fp32), "
         f"{latent * 8}x{latent * 8} ({latent}x{latent} latent), CFG batch of 2\n\n"

@@ -18,7 +18,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import bench_data_dir, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime  # noqa: E402
-from sd15 import CROSS_ATTENTIONS, parameters, per_round, real_sd15_model, timed_steps  # noqa: E402
+from sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,  # noqa: E402
+                  timed_steps, unpatched_entry)
 
 PHRASES = ("dog", "cat", "hat", "teddy bear")
 TOKENS = 6 * 77  # SSR tokens per subject
@@ -76,8 +77,9 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     rows, records = [], []
     for name, step in steps.items():
         if name == "unpatched":
-            rows.append([name, ms(timings.median(name)), "-", "-", "-", "-", "-"])
-            records.append({"variant": name, "ms": timings.median(name) * 1000, "vs_unpatched": 1.0})
+            row, record = unpatched_entry(timings)
+            rows.append(row)
+            records.append(record)
             continue
         added = statistics.median(step.added[-rounds:])
         record = {"variant": name, "ms": timings.median(name) * 1000, "vs_unpatched": timings.ratio(name, "unpatched"),
@@ -86,10 +88,8 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
         records.append(record)
         rows.append([name, ms(timings.median(name)), ratio(record["vs_unpatched"]), per_round(timings, name),
                      f"{added * 1000:.0f}", f"{record['added_share'] * 100:.2f}%", f"{record['apply_ms']:.0f}"])
-    for r in timings.rounds:
-        print("  round seconds: " + ", ".join(f"{n} {t:.2f}" for n, t in r.items()), file=sys.stderr)
-    table = markdown_table(["model", "step ms", "patched / unpatched", "per round", "ms added by the patch (instrumented)",
-                            "share of the step", "Apply ms (once)"], rows)
+    log_rounds(timings)
+    table = markdown_table(STEP_COLUMNS, rows)
     text = (
         f"### (f) SSR-Encoder: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, fp32), "
         f"{latent * 8}x{latent * 8} ({latent}x{latent} latent), CFG batch of 2\n\n"

@@ -8,12 +8,13 @@ interleaved with the unpatched one in the same rounds.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
 
 from bench_unet import Instrument, Step
-from common import SCHEDULE, interleaved
+from common import SCHEDULE, interleaved, ms
 
 # comfy/model_detection.py (ComfyUI 0.3.75), unet_config_from_diffusers_unet: the SD15 entry (dtype set below).
 SD15_UNET_CONFIG = {
@@ -77,3 +78,20 @@ def timed_steps(unpatched, variants: dict, latent: int, rounds: int, context: to
 
 def per_round(timings, name: str) -> str:
     return ", ".join(f"{r[name] / r['unpatched']:.3f}" for r in timings.rounds)
+
+
+# the columns of both SD1.5 kinds' tables
+STEP_COLUMNS = ["model", "step ms", "patched / unpatched", "per round", "ms added by the patch (instrumented)",
+                "share of the step", "Apply ms (once)"]
+
+
+def unpatched_entry(timings) -> tuple[list[str], dict]:
+    """The table row and the record of the unpatched reference."""
+    seconds = timings.median("unpatched")
+    return ["unpatched", ms(seconds), "-", "-", "-", "-", "-"], {"variant": "unpatched", "ms": seconds * 1000, "vs_unpatched": 1.0}
+
+
+def log_rounds(timings) -> None:
+    """Every round's step times on stderr (the tables keep the medians)."""
+    for r in timings.rounds:
+        print("  round seconds: " + ", ".join(f"{n} {t:.2f}" for n, t in r.items()), file=sys.stderr)
