@@ -685,11 +685,12 @@ DIALOG_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 
 
 @browser_support.requires_browser
-def test_the_missing_models_dialog_lists_every_file_of_every_example(server_without_models, tmp_path):
+@pytest.mark.parametrize("vue_nodes", [False, True], ids=["litegraph", "nodes2"])
+def test_the_missing_models_dialog_lists_every_file_of_every_example(server_without_models, tmp_path, vue_nodes):
     """Loaded in the real frontend on a server without models, each example's dialog lists all its files
     (the subject encoder too, not only the checkpoint and CLIP-Vision) with their URL; those the frontend
     may download have a working Download button, the others (.bin releases, converted files) show its reason."""
-    with browser_support.browser_session(server_without_models, tmp_path / "profile") as driver:
+    with browser_support.browser_session(server_without_models, tmp_path / "profile", vue_nodes=vue_nodes) as driver:
         for path in EXAMPLES:
             entries = {f"{e['directory']} / {e['name']}": e for e in model_entries(load_workflow(path))}
             browser_support.js(driver, LOAD_WITH_MISSING_MODELS, load_workflow(path))
