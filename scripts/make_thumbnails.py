@@ -22,11 +22,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "comfyui_multisubject"  # the pack's modules import each other relatively, so they load as one package
+# the pack's modules import each other relatively, so they load as one package; a name of its own, so a host
+# that imports the pack itself (ComfyUI, the tests) keeps its copy untouched
+PACKAGE = "comfyui_multisubject_thumbnails"
 
 
 def _pack_module(name: str):
-    """``PACKAGE.name``; outside ComfyUI the package is a bare one whose ``__init__`` (needing ComfyUI) never runs."""
+    """``PACKAGE.name``, from a bare package whose ``__init__`` (needing ComfyUI) never runs."""
     if PACKAGE not in sys.modules:
         package = types.ModuleType(PACKAGE)
         package.__path__ = [str(ROOT)]

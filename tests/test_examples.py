@@ -591,7 +591,6 @@ def test_every_example_has_the_thumbnail_the_template_browser_asks_for(examples_
 
 NODE_TITLE_HEIGHT = 30  # LiteGraph's, in canvas units
 GROUP_TITLE_HEIGHT = 34  # a group title at font size 24
-MODEL_FILE = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
 
 
 def rectangle(node: dict) -> tuple[float, float, float, float]:
@@ -621,24 +620,23 @@ def test_example_layout_nothing_hides_anything(path):
 
 
 def model_entries(workflow: dict) -> list[dict]:
-    """What the Missing Models dialog lists for a workflow when none of its files are on the server: the
-    node.properties.models entries whose name is one of the node's widget values, plus the workflow's own
-    "models" (companion files no widget names)."""
-    entries = list(workflow.get("models", []))
-    for node in workflow["nodes"]:
-        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_FILE)]
-        listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
-        for name in files:
-            assert name in listed, (node["type"], name)
-            entries.append(listed[name])
-    return entries
+    """What the Missing Models dialog lists for a workflow when none of its files are on the server (demo.model_files:
+    each loader's file with its node.properties.models entry, plus the workflow's own companion "models").
+    A file without an entry has no URL, which the tests below refuse."""
+    nodes = {str(node["id"]): node for node in workflow["nodes"]}
+    return [{"directory": f.folder, "name": f.name, "url": f.url} for f in demo.model_files(workflow, nodes)]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(path, examples_server):
     """Every file an example loads has an entry (in a folder the server knows, keyed by URL)."""
     folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
-    entries = model_entries(load_workflow(path))
+    workflow = load_workflow(path)
+    for node in workflow["nodes"]:  # every widget that names a model file has its entry
+        listed = {m["name"] for m in node.get("properties", {}).get("models", [])}
+        for value in node["widgets_values"]:
+            assert not (isinstance(value, str) and value.endswith(demo.MODEL_FILE_SUFFIXES)) or value in listed, (path.name, value)
+    entries = model_entries(workflow)
     for entry in entries:
         assert entry["url"].startswith("https://") and entry["directory"] in folders, (path.name, entry)
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
