@@ -1,8 +1,8 @@
-"""Generic Apply glue for kinds that patch cross-attention (attn2): checks, the sigma window, registration.
+"""Generic Apply glue for kinds that route subject tokens through cross-attention (attn2): checks, the window, the patch set.
 
 A kind projects its subjects' keys/values into a :class:`SubjectBank` and calls
 :func:`route_subjects`; the patches, their chaining with other packs' patches and the per-run
-wrapper are the same for every kind.
+lifecycle are the same for every kind (:mod:`.unet`, :mod:`.lifecycle`).
 """
 
 from __future__ import annotations
@@ -15,27 +15,18 @@ import comfy.patcher_extension
 from .kinds.base import ApplySettings, Subject, SubjectSetupError
 from .layer_map import AttnKey
 from .layout import Layout
-from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
+from .lifecycle import PatchSet, patched_clone
+from .model_call import sigma_window
+from .patch import MultiSubjectAttention, SubjectRouting, area_conditioning_warning
 from .recorder import RouteRecorder
 from ..models.safe_text import quoted
 from .subject_bank import SubjectBank
+from .unet.blocks import attn2_chain, cross_attention_module
 
 
 def model_context_dim(model) -> int | None:
     config = getattr(model.model, "model_config", None)
     return (getattr(config, "unet_config", None) or {}).get("context_dim")
-
-
-def cross_attention_module(diffusion_model, key: AttnKey):
-    """The attn2 module ComfyUI's key addresses, or None."""
-    block, number, index = key
-    try:
-        container = {"input": diffusion_model.input_blocks, "output": diffusion_model.output_blocks}.get(block)
-        stage = diffusion_model.middle_block if block == "middle" else container[number]
-        transformer = next(m for m in stage if hasattr(m, "transformer_blocks"))
-        return transformer.transformer_blocks[index].attn2
-    except (AttributeError, IndexError, KeyError, StopIteration, TypeError):
-        return None
 
 
 def a_checkpoint_of(base_model: str) -> str:
@@ -91,8 +82,7 @@ def sigma_range(model, start_percent: float, end_percent: float) -> tuple[float,
         return None
     if start_percent >= end_percent:
         raise SubjectSetupError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
-    sampling = model.get_model_object("model_sampling")
-    return float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent))
+    return sigma_window(model, start_percent, end_percent)
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -124,17 +114,11 @@ def route_subjects(
         auto=settings.auto,
         recorder=recorder,
     )
-    patched = model.clone()
-    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    for key in projections:
-        current = existing.get(key, existing.get(key[:2]))
-        if isinstance(current, MultiSubjectAttention):
-            patch = current.with_routing(routing)
-        else:
-            patch = MultiSubjectAttention(key, (routing,), base=current)
-        patched.set_model_attn2_replace(patch, *key)
-    sampler_wrappers = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
-    if not patched.get_wrappers(sampler_wrappers, WRAPPER_KEY):
-        patched.add_wrapper_with_key(sampler_wrappers, WRAPPER_KEY, sampler_sample_wrapper)
-    return patched
-
+    def make(key):
+        return lambda base: MultiSubjectAttention(key, (routing,), base=base)
+    patches = PatchSet(
+        attn2={key: attn2_chain(MultiSubjectAttention, routing, make(key)) for key in projections},
+        wrappers=((comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, area_conditioning_warning),),
+        run_scoped=(routing,),
+    )
+    return patched_clone(model, patches)

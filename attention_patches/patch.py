@@ -2,8 +2,8 @@
 
 One :class:`MultiSubjectAttention` per cross-attention block holds every subject routing
 applied to the model (one :class:`SubjectRouting` per Apply node). Per-run state (the
-phrase-map histories) lives in ``transformer_options`` under ``RUN_STATE_KEY``, put there by
-:func:`sampler_sample_wrapper` at the start of every sampling run, so runs never share state.
+phrase-map histories, cast tokens, routes) lives on the routing, started and freed by the
+lifecycle's callbacks (:mod:`.lifecycle`), so runs never share state.
 """
 
 from __future__ import annotations
@@ -15,46 +15,15 @@ from typing import Callable
 import torch
 
 from .auto_routing import AutoRouting, PhraseMapHistory, phrase_attention_maps, phrase_selectors, pseudo_routes
-from .chaining import ChainedAttn2Patch
 from .layer_map import AttnKey
+from .model_call import NEGATIVE, POSITIVE, chunk_rows, sampling_step, within
 from .recorder import RouteRecorder
 from .routed_attention import routed_image_attention
 from .routing import RouteMask, box_routes
 from .subject_bank import SubjectBank
+from .unet.blocks import CrossAttentionPatch
 
 log = logging.getLogger("comfyui_multisubject")
-
-RUN_STATE_KEY = "multisubject_run_state"
-WRAPPER_KEY = "comfyui_multisubject"
-POSITIVE = 0
-SIGMA_TOLERANCE = 1e-4
-
-
-@dataclass
-class RunState:
-    """What one sampling run accumulates: the phrase-map history of every layer."""
-
-    histories: dict = field(default_factory=dict)
-
-    def history(self, owner: object, key: AttnKey) -> PhraseMapHistory:
-        return self.histories.setdefault((id(owner), key), PhraseMapHistory())
-
-
-def sampling_step(extra_options: dict) -> int:
-    """Index of the sampling step this model call belongs to, from the run's sigma schedule.
-
-    A call at sigma s belongs to step i when sigmas[i] >= s > sigmas[i + 1]: split
-    positive/negative calls share the step, a sampler's intermediate evaluation (DPM-2, SDE)
-    stays in its step, and Heun's corrector at sigmas[i + 1] joins the evaluation of the same
-    noise level, so a run of N steps counts N steps, whatever the number of model calls.
-    """
-    schedule, sigmas = extra_options.get("sample_sigmas"), extra_options.get("sigmas")
-    if schedule is None or sigmas is None:
-        return 0
-    sigma = float(sigmas.max())
-    levels = int((schedule[:-1] >= sigma * (1 - SIGMA_TOLERANCE)).sum())
-    return max(levels - 1, 0)
-
 
 @dataclass(eq=False)
 class SubjectRouting:
@@ -70,7 +39,9 @@ class SubjectRouting:
     _routes: dict = field(default_factory=dict, repr=False)
     _tokens: dict = field(default_factory=dict, repr=False)
     _selectors: dict = field(default_factory=dict, repr=False)
+    _histories: dict = field(default_factory=dict, repr=False)  # (layer key) -> phrase-map history of this run
     _last_sigma: tuple = field(default=(None, True), repr=False)
+    running: bool = field(default=False, repr=False)  # inside a sampling run (auto routing needs its steps)
 
     def __deepcopy__(self, memo):
         return self
@@ -87,17 +58,31 @@ class SubjectRouting:
             return True
         seen, active = self._last_sigma
         if seen is not sigmas:
-            start, end = self.sigma_range
-            active = end <= float(sigmas.max()) <= start
+            active = within(self.sigma_range, sigmas)
             self._last_sigma = (sigmas, active)
         return active
 
+    def start_run(self) -> None:
+        """A sampling run starts: fresh histories and route recordings."""
+        self.release_caches()
+        self.running = True
+        if self.recorder is not None:
+            self.recorder.start_run()
+
     def release_caches(self) -> None:
-        """Drop what was cached for a sampling run (cast tokens, routes, selectors) once it ends."""
+        """Drop what was cached for a sampling run (cast tokens, routes, selectors, histories) once it ends."""
         self._routes.clear()
         self._tokens.clear()
         self._selectors.clear()
+        self._histories.clear()
         self._last_sigma = (None, True)
+        self.running = False
+
+    def held_caches(self) -> int:
+        return len(self._routes) + len(self._tokens) + len(self._selectors) + len(self._histories)
+
+    def history(self, key: AttnKey) -> PhraseMapHistory:
+        return self._histories.setdefault(key, PhraseMapHistory())
 
     def box_routes(self, height: int, width: int, latent_height: int, device: torch.device) -> RouteMask:
         """The boxes' routes at this layer's grid, computed once per grid.
@@ -128,17 +113,17 @@ class SubjectRouting:
         return self._selectors[cache_key]
 
     def image_attention(self, key: AttnKey, q: torch.Tensor, grid: tuple[int, int, int], heads: int,
-                        run: RunState | None, step: int, maps: torch.Tensor | None = None) -> torch.Tensor:
+                        step: int, maps: torch.Tensor | None = None) -> torch.Tensor:
         """Routed image-branch output [P, N, C] for the positive rows ``q`` at sampling ``step``.
 
         ``grid`` is (height, width) of this layer and the latent height; ``maps`` ([P, S, N] phrase
-        maps of this call, given with a sampling run's ``run`` state) drive auto routing.
+        maps of this call, given inside a sampling run) drive auto routing.
         """
         height, width, latent_height = grid
         keys, values = self.tokens(key, q.device, q.dtype)
         routes = self.box_routes(height, width, latent_height, q.device)
         if maps is not None:
-            mean_maps, steps_seen = run.history(self, key).update(step, maps)
+            mean_maps, steps_seen = self.history(key).update(step, maps)
             if steps_seen >= self.auto.start_step:
                 pseudo = pseudo_routes(mean_maps, self.auto.mask_threshold)
                 if self.recorder is not None:
@@ -155,18 +140,7 @@ class SubjectRouting:
         return routed_image_attention(q, keys, values, self.box_routes(*grid, q.device), heads)
 
 
-def chunk_rows(cond_or_uncond: list[int], batch: int, kind: int = POSITIVE) -> slice | torch.Tensor | None:
-    """Rows of the chunks of ``kind`` (positive or negative): a slice when contiguous, else an index tensor."""
-    chunk = batch // len(cond_or_uncond)
-    chunks = [i for i, k in enumerate(cond_or_uncond) if k == kind]
-    if not chunks:
-        return None
-    if chunks == list(range(chunks[0], chunks[-1] + 1)):
-        return slice(chunks[0] * chunk, (chunks[-1] + 1) * chunk)
-    return torch.tensor([row for i in chunks for row in range(i * chunk, (i + 1) * chunk)])
-
-
-class MultiSubjectAttention(ChainedAttn2Patch):
+class MultiSubjectAttention(CrossAttentionPatch):
     """attn2 replace patch for one cross-attention block: the wrapped patch (or text attention) plus
     every active routing's image branch; IPAdapter-family packs chain after it through ``.add``."""
 
@@ -177,14 +151,12 @@ class MultiSubjectAttention(ChainedAttn2Patch):
         self.base = base  # a patch another pack (or an earlier node) put on this key
         self.callbacks = callbacks if callbacks is not None else []  # added later by IPAdapter-family packs
 
-    def with_routing(self, routing: SubjectRouting) -> MultiSubjectAttention:
-        """Another Apply on this key: merged, unless callbacks were added since (then it wraps, keeping the order)."""
-        if self.callbacks:
-            return MultiSubjectAttention(self.key, (routing,), base=self)
-        return MultiSubjectAttention(self.key, self.routings + (routing,), self.base)
+    @property
+    def owners(self) -> tuple[SubjectRouting, ...]:
+        return self.routings
 
-    def rebuilt(self, base) -> MultiSubjectAttention:
-        return MultiSubjectAttention(self.key, self.routings, base, self.callbacks)
+    def with_owners(self, owners: tuple, base) -> MultiSubjectAttention:
+        return MultiSubjectAttention(self.key, owners, base)
 
     def own_models(self) -> list:
         return [routing.bank_patcher for routing in self.routings]
@@ -193,14 +165,13 @@ class MultiSubjectAttention(ChainedAttn2Patch):
         heads = extra_options["n_heads"]
         cond_or_uncond = extra_options.get("cond_or_uncond", [POSITIVE])
         rows = chunk_rows(cond_or_uncond, q.shape[0])
-        negative = chunk_rows(cond_or_uncond, q.shape[0], kind=1 - POSITIVE)
+        negative = chunk_rows(cond_or_uncond, q.shape[0], kind=NEGATIVE)
         routings = [r for r in self.routings if r.is_active(extra_options)]
         active = routings if rows is not None else []
         with_negative = [r for r in routings if r.bank.has_negative] if negative is not None else []
         if not active and not with_negative:
             return self.base_attention(q, k, v, extra_options)
-        run = extra_options.get(RUN_STATE_KEY)
-        auto = [r for r in active if r.auto is not None] if run is not None else []
+        auto = [r for r in active if r.auto is not None and r.running]
         maps, text = {}, None
         if auto:
             # one softmax gives every auto routing's phrase maps and, unless another pack's patch
@@ -222,7 +193,7 @@ class MultiSubjectAttention(ChainedAttn2Patch):
             q_pos = q[rows]
             image = None
             for routing in active:
-                part = routing.image_attention(self.key, q_pos, grid, heads, run, step, maps.get(routing))
+                part = routing.image_attention(self.key, q_pos, grid, heads, step, maps.get(routing))
                 image = part if image is None else image + part
             add_rows(out, rows, image.to(out.dtype), text)
         if with_negative:
@@ -245,32 +216,10 @@ def add_rows(out: torch.Tensor, rows: slice | torch.Tensor, image: torch.Tensor,
         out.index_add_(0, rows.to(out.device), image)
 
 
-def routings_in(transformer_options: dict) -> list[SubjectRouting]:
-    """Every distinct SubjectRouting reachable from the attn2 patches."""
-    found: dict[int, SubjectRouting] = {}
-    for patch in transformer_options.get("patches_replace", {}).get("attn2", {}).values():
-        while isinstance(patch, MultiSubjectAttention):
-            for routing in patch.routings:
-                found.setdefault(id(routing), routing)
-            patch = patch.base
-    return list(found.values())
-
-
-def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
-    """A fresh run state and fresh route recordings for every sampling run; the run's caches dropped after it."""
-    transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
-    transformer_options[RUN_STATE_KEY] = RunState()
-    routings = routings_in(transformer_options)
-    for routing in routings:
-        if routing.recorder is not None:
-            routing.recorder.start_run()
+def area_conditioning_warning(executor, guider, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper: say once per run when a positive prompt uses area conditioning (boxes apply to its crop)."""
     warn_about_area_conditioning(getattr(guider, "conds", {}) or {})
-    try:
-        return executor(guider, sigmas, extra_args, *args, **kwargs)
-    finally:
-        transformer_options.pop(RUN_STATE_KEY, None)
-        for routing in routings:
-            routing.release_caches()
+    return executor(guider, *args, **kwargs)
 
 
 def warn_about_area_conditioning(conds: dict) -> None:

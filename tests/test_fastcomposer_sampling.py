@@ -27,7 +27,8 @@ nodes = pack("nodes")
 base = pack("attention_patches.kinds.base")
 registry = pack("attention_patches.kinds.registry")
 fusion_patch = pack("attention_patches.kinds.fastcomposer.fusion_patch")
-model_check = pack("attention_patches.kinds.fastcomposer.model_check")
+lifecycle = pack("attention_patches.lifecycle")
+unet_blocks = pack("attention_patches.unet.blocks")
 delay = pack("models.fastcomposer.delay")
 
 PROMPT = "a man and a woman at the beach"
@@ -85,7 +86,7 @@ class CallChecker:
         x, t, c = args["input"], args["timestep"], args["c"]
         patched = apply_model(x, t, **c)
         options = dict(c["transformer_options"])
-        wrappers = {kind: {k: v for k, v in group.items() if k != fusion_patch.WRAPPER_KEY}
+        wrappers = {kind: {k: v for k, v in group.items() if k != lifecycle.CALLBACK_KEY}
                     for kind, group in options.get("wrappers", {}).items()}
         plain_options = {**options, "wrappers": wrappers, "patches_replace": {}}
         plain = apply_model(x, t, **{**c, "transformer_options": plain_options})
@@ -178,7 +179,7 @@ def test_equals_the_official_conditioning_switch(unet, clip, encoder, people):
 
 def test_default_delay_is_the_official_demo(unet, encoder, people):
     patched, _ = apply(unet, encoder, people, start_percent=0.0)
-    wrapper = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, fusion_patch.WRAPPER_KEY)[0]
+    wrapper = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, lifecycle.CALLBACK_KEY)[0]
     sampling = unet.get_model_object("model_sampling")
     assert wrapper.people.sigma_range[0] == pytest.approx(sampling.percent_to_sigma(delay.DEMO_START_PERCENT))
     assert delay.official_switch(delay.alpha_switch(0.75, 50), 50).last_text_only_timestep == 761
@@ -284,7 +285,7 @@ def test_an_ipadapter_family_pack_applied_after_it_adds_through_add(unet, clip, 
 
     boxes = layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128)
     patched, _ = apply(unet, encoder, people, boxes, start_percent=0.5)
-    keys = list(model_check.cross_attention_blocks(patched))
+    keys = list(unet_blocks.cross_attention_blocks(patched))
     callback = Callback(0.05)
     chained = install(patched, callback, keys=keys, weight=0.05, **EVERY_SIGMA)
     attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
@@ -303,7 +304,7 @@ def test_chains_with_another_packs_attn2_patch(unet, clip, encoder, people):
         return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])
 
     model = unet.clone()
-    for key in model_check.cross_attention_blocks(model):
+    for key in unet_blocks.cross_attention_blocks(model):
         model.set_model_attn2_replace(foreign, *key)
     patched, _ = apply(model, encoder, people, layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128),
                        start_percent=0.5)

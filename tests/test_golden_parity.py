@@ -116,10 +116,11 @@ def test_auto_layout_steps(golden):
     tokens = tensors["in.image_tokens"][0, attention["num_dummy_tokens"]:].reshape(subjects, attention["num_tokens"], -1)
     auto = auto_routing.AutoRouting(tuple(tuple(range(a, b)) for a, b in spans), spec["mask_threshold"], spec["start_step"])
     patch = golden_patch(weights, tokens, tensors["in.boxes"][0], [spec["scale"]] * subjects, auto=auto)
-    run = patch_mod.RunState()
+    for routing in patch.routings:
+        routing.start_run()  # a sampling run: auto routing keeps this run's phrase-map history
     schedule = torch.linspace(10.0, 0.0, spec["steps"] + 1)  # one model call per sampling step, as the official loop
     for step in range(spec["steps"]):
         out = run_layer(weights, patch, tensors[f"step{step}.in.hidden_states"], tensors["in.text_context"],
                         attention["heads"], spec["height"], spec["width"], [0],
-                        **{patch_mod.RUN_STATE_KEY: run, "sample_sigmas": schedule, "sigmas": schedule[step:step + 1]})
+                        sample_sigmas=schedule, sigmas=schedule[step:step + 1])
         assert_close(out, tensors[f"step{step}.out"])

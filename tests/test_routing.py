@@ -112,14 +112,15 @@ def test_auto_routing_fills_the_positive_rows_wherever_cond_or_uncond_puts_them(
     spy = AttentionSpy(spied)
     sample(spied, tiny_clip, LATENT, steps=1, prompt=PROMPT)
     call = spy.calls[0]
-    assert patch_mod.RUN_STATE_KEY in call["options"]  # the shared text-softmax path ran
     patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][call["key"]]
     order = call["options"]["cond_or_uncond"]
     chunk = call["q"].shape[0] // len(order)
     rows = {kind: slice(i * chunk, (i + 1) * chunk) for i, kind in enumerate(order)}
     for arrangement in ([0, 1], [1, 0, 0], [0, 1, 0], [1]):  # [0, 1, 0]: positive rows not contiguous
         q, k, v = (torch.cat([call[n][rows[kind]] for kind in arrangement]) for n in "qkv")
-        options = dict(call["options"], cond_or_uncond=arrangement, **{patch_mod.RUN_STATE_KEY: patch_mod.RunState()})
+        options = dict(call["options"], cond_or_uncond=arrangement)
+        for routing_ in patch.routings:
+            routing_.start_run()  # the shared text-softmax path runs inside a sampling run
         out = patch(q, k, v, options)
         for i, kind in enumerate(arrangement):
             assert torch.allclose(out[i * chunk:(i + 1) * chunk], call["out"][rows[kind]], atol=1e-5), arrangement

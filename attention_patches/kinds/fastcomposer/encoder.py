@@ -18,8 +18,11 @@ from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
-from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
-from .model_check import check_model, cross_attention_blocks
+from ...lifecycle import PatchSet, patched_clone
+from ...model_call import sigma_window
+from ...unet.blocks import attn2_chain, cross_attention_blocks
+from .fusion_patch import BoxedFusionAttention, FusedPeople, FusionWrapper
+from .model_check import check_model
 from .tokens import PhraseNotFoundError, subject_token_positions
 
 log = logging.getLogger("comfyui_multisubject.fastcomposer")
@@ -105,20 +108,17 @@ class FastComposerEncoder(SubjectEncoder):
             boxes=layout.tensor() if layout is not None else None,
             feather=settings.feather,
         )
-        patched = model.clone()
-        fusion = FusionWrapper(people)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, fusion)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, fusion.outer_sample)
+        attn2 = {}
         if people.boxes is not None:
-            existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-            for key, attn2 in cross_attention_blocks(patched).items():
-                current = existing.get(key, existing.get(key[:2]))
-                if isinstance(current, BoxedFusionAttention):
-                    patch = current.with_people(people)
-                else:
-                    patch = BoxedFusionAttention(key, attn2, (people,), base=current)
-                patched.set_model_attn2_replace(patch, *key)
-        return patched
+            def make(key, module):
+                return lambda base: BoxedFusionAttention(key, module, (people,), base=base)
+            attn2 = {key: attn2_chain(BoxedFusionAttention, people, make(key, module))
+                     for key, module in cross_attention_blocks(model).items()}
+        return patched_clone(model, PatchSet(
+            attn2=attn2,
+            wrappers=((comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, FusionWrapper(people)),),
+            run_scoped=(people,),
+        ))
 
     @staticmethod
     def token_positions(subjects: tuple[Subject, ...], prompt: str) -> tuple[int, ...]:
@@ -143,5 +143,4 @@ class FastComposerEncoder(SubjectEncoder):
         start = settings.start_percent if settings.start_percent > 0.0 else DEMO_START_PERCENT
         if start >= settings.end_percent:
             raise SubjectSetupError(f"start_percent ({start:.3f}) must be below end_percent ({settings.end_percent:.3f})")
-        sampling = model.get_model_object("model_sampling")
-        return float(sampling.percent_to_sigma(start)), float(sampling.percent_to_sigma(settings.end_percent))
+        return sigma_window(model, start, settings.end_percent, always=True)

@@ -25,15 +25,14 @@ import torch
 
 
 from ....models.fastcomposer.fusion import PostfuseModule
-from ...chaining import ChainedAttn2Patch
 from ...layer_map import AttnKey
-from ...patch import POSITIVE, chunk_rows
+from ...model_call import POSITIVE, chunk_rows, within
 from ...routing import box_routes
+from ...unet.blocks import CrossAttentionPatch
 
 log = logging.getLogger("comfyui_multisubject.fastcomposer")
 
 FUSED_KEY = "multisubject_fastcomposer_fused"  # transformer_options entry: {id(people): (row index, fused [P, S, C])}
-WRAPPER_KEY = "comfyui_multisubject_fastcomposer"
 
 
 def fuse_context(postfuse: PostfuseModule, context: torch.Tensor, positions: tuple[int, ...],
@@ -77,16 +76,19 @@ class FusedPeople:
     def __deepcopy__(self, memo):
         return self
 
+    def start_run(self) -> None:
+        self.release_caches()
+
     def release_caches(self) -> None:
         """Drop the per-device fusion copies and box covers once a sampling run ends."""
         self._modules.clear()
         self._routes.clear()
 
+    def held_caches(self) -> int:
+        return len(self._modules) + len(self._routes)
+
     def is_active(self, sigmas: torch.Tensor | None) -> bool:
-        if sigmas is None:
-            return True
-        start, end = self.sigma_range
-        return end <= float(sigmas.max()) <= start
+        return within(self.sigma_range, sigmas)
 
     def fusion_on(self, device: torch.device) -> PostfuseModule:
         if device not in self._modules:
@@ -143,13 +145,6 @@ class FusionWrapper:
     def __deepcopy__(self, memo):
         return self
 
-    def outer_sample(self, executor, *args, **kwargs):
-        """OUTER_SAMPLE wrapper: the run's caches go when it ends."""
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            self.people.release_caches()
-
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         people = self.people
         cond_or_uncond = transformer_options.get("cond_or_uncond", [POSITIVE])
@@ -167,7 +162,7 @@ class FusionWrapper:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
-class BoxedFusionAttention(ChainedAttn2Patch):
+class BoxedFusionAttention(CrossAttentionPatch):
     """attn2 replace patch: each person's fused token acts inside that person's box only."""
 
     def __init__(self, key: AttnKey, attn2: torch.nn.Module, people: tuple[FusedPeople, ...], base: Callable | None = None,
@@ -178,14 +173,12 @@ class BoxedFusionAttention(ChainedAttn2Patch):
         self.base = base
         self.callbacks = callbacks if callbacks is not None else []  # added later by IPAdapter-family packs
 
-    def with_people(self, people: FusedPeople) -> BoxedFusionAttention:
-        """Another Apply on this key: merged, unless callbacks were added since (then it wraps, keeping the order)."""
-        if self.callbacks:
-            return BoxedFusionAttention(self.key, self.attn2, (people,), base=self)
-        return BoxedFusionAttention(self.key, self.attn2, self.people + (people,), self.base)
+    @property
+    def owners(self) -> tuple[FusedPeople, ...]:
+        return self.people
 
-    def rebuilt(self, base) -> BoxedFusionAttention:
-        return BoxedFusionAttention(self.key, self.attn2, self.people, base, self.callbacks)
+    def with_owners(self, owners: tuple, base) -> BoxedFusionAttention:
+        return BoxedFusionAttention(self.key, self.attn2, owners, base)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         out = self.base_attention(q, k, v, extra_options)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-from ...layer_map import AttnKey
+from ...unet.blocks import cross_attention_blocks
 from ..base import SubjectSetupError
 
 log = logging.getLogger("comfyui_multisubject.fastcomposer")
@@ -37,18 +35,3 @@ def check_model(model, encoder) -> None:
             "FastComposer: the MODEL's UNet is not FastComposer's fine-tuned UNet (a stock SD1.5 or another fine-tune?); "
             "faces lose their identity without it: %s. (A UNet stored in fp8 also triggers this warning.)", UNET_ADVICE,
         )
-
-
-def cross_attention_blocks(model) -> dict[AttnKey, torch.nn.Module]:
-    """Every cross-attention (attn2) of the UNet under ComfyUI's patch keys ("input"/"middle"/"output", block, index)."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    blocks = {}
-    stages = [("input", i, b) for i, b in enumerate(getattr(diffusion_model, "input_blocks", []))]
-    stages += [("middle", 0, getattr(diffusion_model, "middle_block", []))]
-    stages += [("output", i, b) for i, b in enumerate(getattr(diffusion_model, "output_blocks", []))]
-    for name, number, stage in stages:
-        for module in stage:
-            for index, block in enumerate(getattr(module, "transformer_blocks", [])):
-                if getattr(block, "attn2", None) is not None:
-                    blocks[(name, number, index)] = block.attn2
-    return blocks
