@@ -69,7 +69,7 @@ def block_section(args, device, dtype):
         s = streams.BlockStreams(SUBJECTS, text, REDUX, lora.StreamLoRA(), router_lora, routing,
                                  router=torch.randn(1, SUBJECTS * ROUTER, hidden, device=device, dtype=dtype),
                                  ref_key_bias=((1 - mask) * streams.MASKED)[None], cached_ref={"b": ref_kv})
-        return streams.double_block(block, "b", img, txt, vec, pe, s)
+        return streams.double_block(block, "b", img, txt, vec, pe, s, {})
 
     def plain():
         return block(img=img.clone(), txt=plain_txt.clone(), vec=vec, pe=plain_pe)

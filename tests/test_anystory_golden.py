@@ -18,6 +18,7 @@ ref_inputs = pack("models.anystory.reference")
 streams = pack("attention_patches.kinds.anystory.streams")
 patch_mod = pack("attention_patches.kinds.anystory.patch")
 gating = pack("attention_patches.kinds.anystory.gating")
+lifecycle = pack("attention_patches.lifecycle")
 encoder_mod = pack("attention_patches.kinds.anystory.encoder")
 
 
@@ -176,10 +177,10 @@ def run_block(flux, kind, tensors, s, suffix=""):
     img, txt = tensors[f"in.img{suffix}"], tensors[f"in.txt{suffix}"]
     with torch.no_grad():
         if kind == "double":
-            img, txt = streams.double_block(flux.double_blocks[0], "double_blocks.0", img, txt, tensors["in.temb"], pe, s)
+            img, txt = streams.double_block(flux.double_blocks[0], "double_blocks.0", img, txt, tensors["in.temb"], pe, s, {})
             return {"img": img, "txt": txt}
         return {"hidden": streams.single_block(flux.single_blocks[0], "single_blocks.0", torch.cat((txt, img), 1),
-                                               tensors["in.temb"], pe, s)}
+                                               tensors["in.temb"], pe, s, {})}
 
 
 def fresh_cases(gold):
@@ -242,7 +243,7 @@ class GoldenFlux:
         self.patcher = comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
         loras = comfy.model_patcher.ModelPatcher(checkpoint.AnyStoryLoRAs(weights), torch.device("cpu"), torch.device("cpu"))
         self.patch = patch_mod.AnyStoryPatch(loras, subjects, settings)
-        self.patch.install(self.patcher)
+        self.patcher = lifecycle.patched_clone(self.patcher, self.patch.patch_set(self.patcher))
 
     def __call__(self, tokens, sigma, schedule, context, pooled, guidance, grid):
         options = copy.deepcopy(self.patcher.model_options["transformer_options"])

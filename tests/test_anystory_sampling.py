@@ -50,7 +50,7 @@ def sample(model, cfg=1.0, batch=1, height=8, width=8, seed=0):
 
 
 def the_patch(model):
-    return model.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].patch
+    return model.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].method
 
 
 def test_inactive_subjects_leave_flux_exactly_unchanged(flux_model, encoder):
@@ -116,7 +116,7 @@ def test_layout_constrains_the_router_to_each_box(flux_model, encoder):
 def test_lora_weights_are_owned_by_the_memory_manager_and_shared_by_clones(flux_model, encoder):
     patched = encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings())
     replacement = patched.model_options["transformer_options"]["patches_replace"]["dit"][("single_block", 1)]
-    patch = replacement.patch
+    patch = replacement.method
     lora_patcher = patch.lora_patcher
     assert lora_patcher.model is patch.loras
     assert (lora_patcher.load_device, lora_patcher.offload_device) == (flux_model.load_device, flux_model.offload_device)
@@ -127,7 +127,7 @@ def test_lora_weights_are_owned_by_the_memory_manager_and_shared_by_clones(flux_
     assert {weights.ref.deltas["img_in"][0].down.data_ptr(), weights.router.deltas["txt_in"][0].up.data_ptr(),
             weights.routing["single_blocks.1"].key.bias.data_ptr()} <= held
     clone, copied = patched.clone(), copy.deepcopy(replacement)
-    assert the_patch(clone) is patch and copied.patch.loras is patch.loras
+    assert the_patch(clone) is patch and copied.method.loras is patch.loras
     assert lora_patcher in clone.model_patches_models()
     ref, _, routing = patch.lora_on(torch.device("cpu"), torch.float32)  # same dtype: the parameters themselves
     assert ref.deltas["img_in"][0].down.data_ptr() == weights.ref.deltas["img_in"][0].down.data_ptr()

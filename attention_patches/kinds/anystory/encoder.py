@@ -24,6 +24,7 @@ from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEm
 from ....models.safe_load import read_keys, read_tensors
 from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
+from ...lifecycle import patched_clone
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
 
 log = logging.getLogger("comfyui_multisubject.anystory")
@@ -210,6 +211,4 @@ class AnyStoryEncoder(SubjectEncoder):
         )
         gating = replace(Gating(), ref_start=settings.start_percent, ref_end=settings.end_percent, router=len(subjects) > 1)
         patch = AnyStoryPatch(self.lora_patcher(model), tokens, AnyStorySettings(gating=gating, redux_scale=1.0), boxes, recorder)
-        patched = model.clone()
-        patch.install(patched)
-        return patched
+        return patched_clone(model, patch.patch_set(model))

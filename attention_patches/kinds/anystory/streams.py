@@ -14,7 +14,10 @@ text-side modules). The rules, per block:
 
 Biases are one value per key (text queries) or per image query and key (image queries),
 broadcast over heads: never the dense per-head bias. LoRA deltas are added next to the
-modules' outputs, so the modules run with their weights as loaded (and offloaded).
+modules' outputs, so the modules run with their weights as loaded (and offloaded). Every
+attention runs through core's FLUX attention (``comfy.ldm.flux.math.attention`` with the call's
+``transformer_options``): the kernel ComfyUI picked, other packs' attention overrides and core's
+fp16 clamping apply, and with every extra stream off a block computes exactly what core's does.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+import comfy.ldm.flux.math as flux_math
 from comfy.ldm.flux.layers import apply_mod
-from comfy.ldm.flux.math import apply_rope1
+from comfy.ldm.flux.math import apply_rope, apply_rope1
 
 from ....models.anystory.checkpoint import RoutingLoRA
 from ....models.anystory.lora import StreamLoRA
@@ -38,8 +42,8 @@ MASKED = -100.0  # the official bias on keys a query must not use
 class BlockStreams:
     """What the blocks of one model call share: the extra streams and how to bias attention.
 
-    Rows are the model batch rows AnyStory acts on (the others run plain FLUX). The ref and
-    router streams are updated block by block in place of this object.
+    The ref and router streams are updated block by block in place of this object (the rows
+    AnyStory acts on and the token layout are the DiT layer's, :class:`...dit.blocks.BlockCall`).
     """
 
     subjects: int
@@ -58,8 +62,6 @@ class BlockStreams:
     store_ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # filled when the ref stream runs
     box_routes: torch.Tensor | None = None  # [S, HW]: the router may only route inside each subject's box
     on_routes: Callable[[str, torch.Tensor], None] | None = None
-    model: object = None  # the Flux module whose blocks run
-    rows: torch.Tensor | None = None  # the batch rows AnyStory acts on (None: all; the others run plain FLUX)
     distinct_rows: list = field(default_factory=list)  # the cache key of each ref stream batch entry
     ref_rows: torch.Tensor | None = None  # per row, its entry in the ref stream's batch (None: the same batch)
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -98,19 +100,32 @@ def qkv_heads(qkv: torch.Tensor, heads: int):
     return qkv.view(b, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
 
 
-def attend(q, k, v, bias=None) -> torch.Tensor:
-    """[B, h, Q, d] attention -> [B, Q, h*d]; ``bias`` broadcasts over heads ([B, 1, Q or 1, K])."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+def attend(q, k, v, bias, transformer_options: dict) -> torch.Tensor:
+    """[B, h, Q, d] attention through core's FLUX path -> [B, Q, h*d]; ``bias`` broadcasts over heads ([B, 1, Q or 1, K])."""
+    return flux_math.attention(q, k, v, pe=None, mask=bias, transformer_options=transformer_options)
 
 
-def per_subject_attention(q, k, v, subjects: int) -> torch.Tensor:
+def per_subject_attention(q, k, v, subjects: int, transformer_options: dict) -> torch.Tensor:
     """Each subject's reference tokens attend only to themselves: [B, h, S*T, d] -> [B, S*T, h*d]."""
     b, h, length, d = q.shape
+
     def fold(x):
         return x.reshape(b, h, subjects, length // subjects, d).transpose(1, 2).reshape(b * subjects, h, length // subjects, d)
-    out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v))
-    return out.reshape(b, subjects, h, length // subjects, d).permute(0, 1, 3, 2, 4).reshape(b, length, h * d)
+    out = attend(fold(q), fold(k), fold(v), None, transformer_options)
+    return out.reshape(b, length, h * d)
+
+
+def joint_attention(q, keys, values, text_len: int, text_bias, image_bias, transformer_options: dict) -> torch.Tensor:
+    """[B, Q, h*d] attention of the [text | image] queries; one call when both share their bias, as core's block."""
+    if text_bias is image_bias:
+        return attend(q, keys, values, text_bias, transformer_options)
+    return torch.cat((attend(q[:, :, :text_len], keys, values, text_bias, transformer_options),
+                      attend(q[:, :, text_len:], keys, values, image_bias, transformer_options)), dim=1)
+
+
+def clamped(x: torch.Tensor) -> torch.Tensor:
+    """Core's fp16 guard at the end of a block."""
+    return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504) if x.dtype == torch.float16 else x
 
 
 def modulation(module, vec: torch.Tensor, lora: StreamLoRA, target: str):
@@ -178,7 +193,7 @@ def _route(s: BlockStreams, label: str, routing_query, routing_key) -> torch.Ten
     return route
 
 
-def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
+def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams, transformer_options: dict):
     """One FLUX double block with every AnyStory stream; returns (img, txt), updates ``s.ref``/``s.router``."""
     hidden, heads = block.hidden_size, block.num_heads
     text_len, image_len = txt.shape[1], img.shape[1]
@@ -191,9 +206,9 @@ def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
     txt_normed = apply_mod(block.txt_norm1(txt), 1 + txt_mod1.scale, txt_mod1.shift)
     txt_q, txt_k, txt_v = qkv_heads(block.txt_attn.qkv(txt_normed), heads)
     txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
-    pe_txt, pe_img = pe[:, :, :text_len], pe[:, :, text_len:]
-    txt_q, txt_k = apply_rope1(txt_q, pe_txt), apply_rope1(txt_k, pe_txt)
-    img_q, img_k = apply_rope1(img_q, pe_img), apply_rope1(img_k, pe_img)
+    pe_img = pe[:, :, text_len:]
+    q, k = apply_rope(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), pe)
+    img_k = k[:, :, text_len:]
 
     ref_kv = None
     if s.ref is not None:
@@ -203,7 +218,7 @@ def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
         ref_q, ref_k, ref_v = qkv_heads(ref_qkv, heads)
         ref_q, ref_k = block.img_attn.norm(ref_q, ref_k, ref_v)
         ref_q, ref_k = apply_rope1(ref_q, s.ref_pe), apply_rope1(ref_k, s.ref_pe)
-        ref_attn = per_subject_attention(ref_q, ref_k, ref_v, s.subjects)
+        ref_attn = per_subject_attention(ref_q, ref_k, ref_v, s.subjects, transformer_options)
         ref_kv = s.ref_keys(label, ref_k, ref_v)
     elif s.cached_ref is not None:
         ref_kv = s.cached_ref[label]
@@ -218,20 +233,20 @@ def double_block(block, label: str, img, txt, vec, pe, s: BlockStreams):
             block.txt_attn.norm.query_norm, block.img_attn.norm.key_norm, pe_img, heads, img_k))
         rt_q, rt_k, rt_v = qkv_heads(s.router_lora(f"{label}.txt_attn.qkv", rt_normed, rt_base), heads)
         rt_q, rt_k = block.txt_attn.norm(rt_q, rt_k, rt_v)
-        rt_attn = attend(rt_q, torch.cat((img_k, rt_k), dim=2), torch.cat((img_v, rt_v), dim=2))
+        rt_attn = attend(rt_q, torch.cat((img_k, rt_k), dim=2), torch.cat((img_v, rt_v), dim=2), None, transformer_options)
 
-    keys, values = torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2)
+    keys, values = k, torch.cat((txt_v, img_v), dim=2)
     if ref_kv is not None:
         ref_kv = s.for_rows(ref_kv, img.shape[0])
         keys, values = torch.cat((keys, ref_kv[0]), dim=2), torch.cat((values, ref_kv[1]), dim=2)
-    text_bias, image_bias = main_biases(s, text_len, image_len, route, img.shape[0], img_q.dtype, img.device)
-    txt_attn = attend(txt_q, keys, values, text_bias)
-    img_attn = attend(img_q, keys, values, image_bias)
+    text_bias, image_bias = main_biases(s, text_len, image_len, route, img.shape[0], q.dtype, img.device)
+    attn = joint_attention(q, keys, values, text_len, text_bias, image_bias, transformer_options)
+    txt_attn, img_attn = attn[:, :text_len], attn[:, text_len:]
 
     img = img + apply_mod(block.img_attn.proj(img_attn), img_mod1.gate)
     img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), 1 + img_mod2.scale, img_mod2.shift)), img_mod2.gate)
     txt = txt + apply_mod(block.txt_attn.proj(txt_attn), txt_mod1.gate)
-    txt = txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), 1 + txt_mod2.scale, txt_mod2.shift)), txt_mod2.gate)
+    txt = clamped(txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), 1 + txt_mod2.scale, txt_mod2.shift)), txt_mod2.gate))
 
     if s.ref is not None:
         s.ref = _double_tail(block.img_attn.proj, block.img_norm2, block.img_mlp, s.ref_lora, f"{label}.img_attn.proj",
@@ -253,7 +268,7 @@ def _double_tail(proj, norm2, mlp, lora: StreamLoRA, proj_target: str, mlp_targe
     return x + mod2[2] * lora(mlp_target, hidden, mlp[2](hidden))
 
 
-def single_block(block, label: str, x, vec, pe, s: BlockStreams):
+def single_block(block, label: str, x, vec, pe, s: BlockStreams, transformer_options: dict):
     """One FLUX single block over cat(text, image) with every AnyStory stream; returns x."""
     hidden, heads = block.hidden_size, block.num_heads
     text_len = s.text_tokens + s.redux_tokens
@@ -264,13 +279,13 @@ def single_block(block, label: str, x, vec, pe, s: BlockStreams):
     qkv, mlp = torch.split(lin, [3 * hidden, lin.shape[-1] - 3 * hidden], dim=-1)
     q, k, v = qkv_heads(qkv, heads)
     q, k = block.norm(q, k, v)
-    q, k = apply_rope1(q, pe), apply_rope1(k, pe)
+    q, k = apply_rope(q, k, pe)
 
     ref_kv = None
     if s.ref is not None:
         ref_mod = modulation(block.modulation, s.ref_vec, s.ref_lora, f"{label}.modulation.lin")
         s.ref, ref_kv = _single_stream(block, label, s.ref_lora, s.ref, ref_mod, s,
-                                       lambda rq, rk, rv: per_subject_attention(rq, rk, rv, s.subjects), s.ref_pe)
+                                       lambda rq, rk, rv: per_subject_attention(rq, rk, rv, s.subjects, transformer_options), s.ref_pe)
         ref_kv = s.ref_keys(label, *ref_kv)
     elif s.cached_ref is not None:
         ref_kv = s.cached_ref[label]
@@ -281,7 +296,7 @@ def single_block(block, label: str, x, vec, pe, s: BlockStreams):
         image_k, image_v = k[:, :, text_len:], v[:, :, text_len:]
 
         def router_attention(rq, rk, rv):
-            return attend(rq, torch.cat((image_k, rk), dim=2), torch.cat((image_v, rv), dim=2))
+            return attend(rq, torch.cat((image_k, rk), dim=2), torch.cat((image_v, rv), dim=2), None, transformer_options)
 
         def routing(rt_normed, rt_base):
             return _route(s, label, *routing_query_key(
@@ -295,10 +310,9 @@ def single_block(block, label: str, x, vec, pe, s: BlockStreams):
         ref_kv = s.for_rows(ref_kv, x.shape[0])
         keys, values = torch.cat((k, ref_kv[0]), dim=2), torch.cat((v, ref_kv[1]), dim=2)
     text_bias, image_bias = main_biases(s, text_len, image_len, route, x.shape[0], q.dtype, x.device)
-    attn = torch.cat((attend(q[:, :, :text_len], keys, values, text_bias),
-                      attend(q[:, :, text_len:], keys, values, image_bias)), dim=1)
+    attn = joint_attention(q, keys, values, text_len, text_bias, image_bias, transformer_options)
     out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), dim=2))
-    return x + apply_mod(out, mod.gate)
+    return clamped(x + apply_mod(out, mod.gate))
 
 
 def _single_stream(block, label, lora: StreamLoRA, stream, mod, s: BlockStreams, attention, pe, routing=None):
