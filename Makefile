@@ -6,6 +6,7 @@ PORT ?= 8188
 TINY ?=
 WORKFLOW ?=
 QUICK ?=
+FAST ?=
 
 .PHONY: setup browser lint test run demo bench
 
@@ -22,8 +23,9 @@ lint: setup
 
 # --rootdir=tests: the checkout itself is the pack's package (it has an __init__.py) and must not be
 # collected as a test package, whatever the checkout folder is called.
+# FAST=1: the unit subset (no real server, browser or child process)
 test: setup browser lint
-	$(VENV_PY) -m pytest --rootdir=tests
+	$(VENV_PY) -m pytest --rootdir=tests $(if $(FAST),-m "not slow",)
 
 run: setup
 	$(VENV_PY) scripts/run_comfyui.py --port $(PORT)
@@ -32,6 +34,6 @@ run: setup
 demo: setup
 	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),)
 
-# QUICK=1: fewer rounds and cases (a few minutes instead of about a quarter of an hour)
+# QUICK=1: fewer rounds, cases and smaller sizes (under eight minutes on a GPU); on a CUDA GPU it runs there
 bench: setup
 	$(VENV_PY) bench/run_all.py $(if $(QUICK),--quick,)

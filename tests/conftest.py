@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,28 @@ def comfy_server(tiny, tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+SLOW_FIXTURES = frozenset({"comfy_server", "examples_server", "server_without_models", "workers", "browser"})
+SUITE_BUDGET_SECONDS = 15 * 60  # what CI allows the whole suite on 2 cores
+_durations: dict[str, float] = defaultdict(float)
+_suite_start = time.monotonic()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs a real server or browser is ``slow`` (``-m "not slow"``: the fast unit subset)."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The suite's wall time against CI's budget, and the files that take most of it."""
+    elapsed = time.monotonic() - _suite_start
+    terminalreporter.write_sep("=", f"suite duration {elapsed:.0f} s (CI budget {SUITE_BUDGET_SECONDS} s)")
+    for path, seconds in sorted(_durations.items(), key=lambda item: -item[1])[:8]:
+        terminalreporter.write_line(f"{seconds:7.1f} s  {path}")

@@ -13,6 +13,7 @@ from PIL import Image
 from comfy_runtime import PACK_ROOT
 
 DEMO = PACK_ROOT / "scripts" / "demo.py"
+pytestmark = pytest.mark.slow  # every test runs scripts/demo.py in a child process
 MODEL_FILES = ("models/checkpoints/sd_xl_base_1.0.safetensors", "models/clip_vision/clip_vision_g.safetensors",
                "models/msdiffusion/ms_adapter.bin")
 EXAMPLES = PACK_ROOT / "example_workflows"
