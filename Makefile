@@ -32,8 +32,8 @@ run: setup
 
 # WORKFLOW=NAME: another example of example_workflows/ (e.g. ssr_two_subjects, fastcomposer_two_people, anystory_flux)
 demo: setup
-	$(VENV_PY) scripts/demo.py $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),)
+	$(VENV_PY) -m scripts.demo $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),)
 
 # QUICK=1: fewer rounds, cases and smaller sizes (under eight minutes on a GPU); on a CUDA GPU it runs there
 bench: setup
-	$(VENV_PY) bench/run_all.py $(if $(QUICK),--quick,)
+	$(VENV_PY) -m bench.run_all $(if $(QUICK),--quick,)

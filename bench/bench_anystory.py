@@ -11,19 +11,19 @@
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime  # noqa: E402
+from bench.common import (
+    compute_device, emit, interleaved, markdown_table, ms, pack, ratio, section_args, setup_runtime, unet_dtypes,
+)
 
 SUBJECTS = 2
 TEXT = 512
 REDUX, ROUTER = 81, 9
 REF_TOKENS = 1024
 HEADS_REAL = 24
+FLUX_DEV_PARAMETERS = 11_901_408_320
 
 
 def fill(module):
@@ -126,8 +126,10 @@ def bias_section(args):
 def main(argv=None):
     args = section_args(__doc__, argv)
     setup_runtime()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    import comfy.supported_models
+
+    device = compute_device()
+    dtype, _ = unet_dtypes(comfy.supported_models.Flux, FLUX_DEV_PARAMETERS)  # bf16 on most GPUs, fp32 on a CPU
     block_text, block_records = block_section(args, device, dtype)
     bias_text, bias_records = bias_section(args)
     emit(block_text + "\n\n" + bias_text + "\n", {**block_records, **bias_records}, args)

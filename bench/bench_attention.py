@@ -20,10 +20,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    SCHEDULE, Timings, emit, interleaved, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime,
+from bench.common import (
+    SCHEDULE, Timings, compute_device, emit, interleaved, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime,
+    unet_dtypes,
 )
 
 TEXT_TOKENS = 77
@@ -41,6 +40,13 @@ GRIDS = (
     ("768x1344", 48, 84, 640, 10, ("input", 4, 0), 2),
     ("768x1344", 24, 42, 1280, 20, ("input", 7, 0), 4),
 )
+
+
+def sdxl_dtype() -> torch.dtype:
+    import comfy.supported_models
+    from bench.bench_unet import SDXL_PARAMETERS
+
+    return unet_dtypes(comfy.supported_models.SDXL, SDXL_PARAMETERS)[0]
 
 
 def overlapping_boxes(count: int) -> list[tuple[float, float, float, float]]:
@@ -69,16 +75,19 @@ class Case:
         self.size, self.height, self.width, self.hidden, self.heads, self.key, downscale = grid
         self.subjects = subjects
         generator = torch.Generator().manual_seed(seed)
-        self.q = smooth_field(2, self.height, self.width, self.hidden, generator)
-        self.k = torch.randn(2, TEXT_TOKENS, self.hidden, generator=generator)
-        self.v = torch.randn(2, TEXT_TOKENS, self.hidden, generator=generator)
-        keys = torch.randn(subjects, TOKENS_PER_SUBJECT, self.hidden, generator=generator)
-        values = torch.randn(subjects, TOKENS_PER_SUBJECT, self.hidden, generator=generator) * 0.6
+        device, dtype = compute_device(), sdxl_dtype()  # where and how an SDXL attn2 call runs here
+
+        def random(*shape):
+            return torch.randn(*shape, generator=generator).to(device, dtype)
+        self.q = smooth_field(2, self.height, self.width, self.hidden, generator).to(device, dtype)
+        self.k = random(2, TEXT_TOKENS, self.hidden)
+        self.v = random(2, TEXT_TOKENS, self.hidden)
+        keys = random(subjects, TOKENS_PER_SUBJECT, self.hidden)
+        values = random(subjects, TOKENS_PER_SUBJECT, self.hidden) * 0.6
         self.flat_keys = keys.reshape(1, -1, self.hidden)
         self.flat_values = values.reshape(1, -1, self.hidden)
         bank = bank_mod.SubjectBank({self.key: (keys, values)})
-        cpu = torch.device("cpu")
-        self.bank_patcher = comfy.model_patcher.ModelPatcher(bank, cpu, cpu)
+        self.bank_patcher = comfy.model_patcher.ModelPatcher(bank, device, device)
         self.bank = bank
         # phrase tokens: one or two tokens per subject, like "dog", "teddy bear"
         phrases = tuple(tuple(range(1 + 3 * s, 2 + 3 * s + (s % 2))) for s in range(subjects))
@@ -91,16 +100,13 @@ class Case:
         )
         return self.patch_mod.MultiSubjectAttention(self.key, (routing,))
 
-    def options(self, run=None, step: int = 0) -> dict:
-        options = {
+    def options(self, step: int = 0) -> dict:
+        return {
             "n_heads": self.heads, "dim_head": self.hidden // self.heads, "attn_precision": None,
             "activations_shape": [2, self.hidden, self.height, self.width], "original_shape": [2, 4, 0, 0],
             "cond_or_uncond": list(COND_OR_UNCOND), "sample_sigmas": SCHEDULE, "sigmas": SCHEDULE[step:step + 1].repeat(2),
             "block": self.key[:2], "block_index": 0, "transformer_index": self.key[2],
         }
-        if run is not None:
-            options[self.patch_mod.RUN_STATE_KEY] = run
-        return options
 
     def plain(self):
         import comfy.ldm.modules.attention as attention
@@ -133,16 +139,17 @@ class Case:
         self.phrase_probabilities()
         return self.lower_bound()
 
-    def patched_call(self, patch, run=None, step: int = 0):
-        options = self.options(run, step)
+    def patched_call(self, patch, step: int = 0):
+        options = self.options(step)
         return lambda: patch(self.q, self.k, self.v, options)
 
     def auto_call(self, patch):
         """A call past start_step (pseudo routes active), after the real per-step history of the earlier steps."""
-        run = self.patch_mod.RunState()
+        for routing in patch.routings:
+            routing.start_run()  # what the lifecycle does when a sampling run starts
         for step in range(AUTO_START_STEP):
-            patch(self.q, self.k, self.v, self.options(run, step))
-        return self.patched_call(patch, run, AUTO_START_STEP)
+            patch(self.q, self.k, self.v, self.options(step))
+        return self.patched_call(patch, AUTO_START_STEP)
 
 
 def groups_of(case: Case, boxes, auto: bool) -> int:
@@ -199,7 +206,8 @@ def run(quick: bool = False, grids=None, counts=None, rounds=None) -> tuple[str,
         ["image", "grid", "hidden/heads", "subjects", "routing", "pixel groups", "plain ms", "lower bound ms", "patched ms",
          "patched / plain", "patched / lower bound", "auto: patched / (lower bound + separate softmax)"], rows)
     text = (
-        "### (a) One cross-attention call (CFG batch of 2, 77 text tokens)\n\n"
+        f"### (a) One cross-attention call (CFG batch of 2, 77 text tokens; {str(sdxl_dtype()).replace('torch.', '')}, "
+        f"{compute_device().type})\n\n"
         f"Median of {rounds} interleaved rounds, each variant timed as the best of {inner} back-to-back calls per round; "
         "ratios are medians of per-round ratios. "
         "*plain* = ComfyUI's `optimized_attention(q, k, v)`; *lower bound* = plain + one SDPA of the positive row over all "

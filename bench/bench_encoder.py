@@ -18,9 +18,7 @@ import time
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH_DIR, bench_data_dir, emit, interleaved, markdown_table, pack, row_boxes, rss_bytes, section_args,
     setup_runtime, write_real_size_checkpoint,
 )

@@ -19,11 +19,9 @@ import types
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import bench_data_dir, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime  # noqa: E402
-from bench_unet import Step  # noqa: E402
-from sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,  # noqa: E402
+from bench.common import bench_data_dir, dtype_name, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime
+from bench.bench_unet import Step
+from bench.sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,
                   step_sigma, timed_steps, unpatched_entry)
 
 PROMPT = "a photo of a man and a woman at the beach"
@@ -33,7 +31,7 @@ EVERY_PIXEL = " (every pixel)"
 
 def encoder_for(model):
     """The FastComposer kind holding a random real-width fusion MLP (and a tiny image encoder: not used while sampling)."""
-    from tiny_sd15_fastcomposer import save_fastcomposer
+    from devkit.tiny_sd15_fastcomposer import save_fastcomposer
 
     path = save_fastcomposer(bench_data_dir() / "fastcomposer" / "fastcomposer_encoder.safetensors", unet=model)
     return pack("attention_patches.kinds.registry").load_subject_encoder(path)
@@ -63,7 +61,7 @@ def patched_models(model, encoder, counts, quick):
 
     kinds = pack("attention_patches.kinds.base")
     layout_mod = pack("attention_patches.layout")
-    fusion_patch = pack("attention_patches.kinds.fastcomposer.fusion_patch")
+    lifecycle = pack("attention_patches.lifecycle")
     clip = types.SimpleNamespace(tokenizer=comfy.sd1_clip.SD1Tokenizer())  # the real tokenizer finds the people's tokens
     generator = torch.Generator().manual_seed(1)
 
@@ -91,7 +89,7 @@ def patched_models(model, encoder, counts, quick):
         out[name + EVERY_PIXEL] = encoder.apply(model, people_of_both, layout(count), settings)
         every_pixel(_people(out[name + EVERY_PIXEL]))
     for name, patched in out.items():
-        wrapper = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, fusion_patch.WRAPPER_KEY)[0]
+        wrapper = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, lifecycle.CALLBACK_KEY)[0]
         people[name] = wrapper.people
     return out, apply_seconds, people
 
@@ -149,7 +147,7 @@ def fusion_seconds(people, context: torch.Tensor, calls: int = 20) -> float:
 
 def run(quick: bool = False, latent: int | None = None, rounds: int | None = None) -> tuple[str, list[dict]]:
     setup_runtime()
-    latent = latent or 64
+    latent = latent or (32 if quick else 64)  # 512 px, SD1.5's own size
     rounds = rounds or (3 if quick else 5)
     counts = (1, 2)
     model, build_seconds = real_sd15_model()
@@ -200,7 +198,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
                       f"{r['max_abs_difference']:.1e}" for r in records if "pack_vs_every_pixel_step" in r)
     table = markdown_table(STEP_COLUMNS, rows)
     text = (
-        f"### (g) FastComposer: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, fp32), "
+        f"### (g) FastComposer: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, {dtype_name(model)}, {model.load_device.type}), "
         f"{latent * 8}x{latent * 8} ({latent}x{latent} latent), CFG batch of 2\n\n"
         f"`apply_model` on ComfyUI's real SD1.5 architecture (random weights; built in {build_seconds:.0f} s), median of "
         f"{rounds} interleaved rounds, at a step inside the fused window; *patched / unpatched* is the median of the "

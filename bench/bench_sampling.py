@@ -12,9 +12,7 @@ import sys
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime,
 )
 
@@ -26,7 +24,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     setup_runtime()
     import comfy.sample
 
-    import tiny_models
+    from devkit import tiny_models
     from helpers import apply, encode_subjects, encode_text, layout
 
     latent = latent or 64

@@ -15,10 +15,8 @@ import time
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import bench_data_dir, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime  # noqa: E402
-from sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,  # noqa: E402
+from bench.common import bench_data_dir, dtype_name, emit, markdown_table, ms, pack, ratio, row_boxes, section_args, setup_runtime
+from bench.sd15 import (CROSS_ATTENTIONS, STEP_COLUMNS, log_rounds, parameters, per_round, real_sd15_model,
                   timed_steps, unpatched_entry)
 
 PHRASES = ("dog", "cat", "hat", "teddy bear")
@@ -27,7 +25,7 @@ TOKENS = 6 * 77  # SSR tokens per subject
 
 def real_size_encoder():
     """The SSR-Encoder kind loaded from a random aligner + layers pair with the released keys and real shapes."""
-    from tiny_sd15 import save_ssr_files, ssr_manifest
+    from devkit.tiny_sd15 import save_ssr_files, ssr_manifest
 
     folder = bench_data_dir() / "ssr_real_size"
     aligner = folder / "ssr_aligner.safetensors"
@@ -63,7 +61,7 @@ def patched_models(model, encoder, counts, layouts):
 
 def run(quick: bool = False, latent: int | None = None, rounds: int | None = None) -> tuple[str, list[dict]]:
     setup_runtime()
-    latent = latent or 64
+    latent = latent or (32 if quick else 64)  # 512 px, SD1.5's own size
     rounds = rounds or (3 if quick else 5)
     counts = (1, 4) if quick else (1, 2, 4)
     model, build_seconds = real_sd15_model()
@@ -91,7 +89,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     log_rounds(timings)
     table = markdown_table(STEP_COLUMNS, rows)
     text = (
-        f"### (f) SSR-Encoder: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, fp32), "
+        f"### (f) SSR-Encoder: one SD1.5 UNet step, real size ({parameters(model) / 1e9:.2f} B parameters, {dtype_name(model)}, {model.load_device.type}), "
         f"{latent * 8}x{latent * 8} ({latent}x{latent} latent), CFG batch of 2\n\n"
         f"`apply_model` on ComfyUI's real SD1.5 architecture (random weights; built in {build_seconds:.0f} s), median of "
         f"{rounds} interleaved rounds; *patched / unpatched* is the median of the per-round ratios of wall-clock step times. "

@@ -1,6 +1,7 @@
 """(b) One full UNet step of the real-size SDXL architecture: unpatched vs the pack's patch.
 
-ComfyUI's own SDXL model class with SDXL's real unet_config (random weights, fp32, ~10 GB),
+ComfyUI's own SDXL model class with SDXL's real unet_config (random weights, in the dtype ComfyUI picks: fp16/bf16
+on a GPU, fp32 ~10 GB on a CPU),
 a CFG batch of 2 ([1, 0] cond_or_uncond) through ``BaseModel.apply_model``, as the sampler
 calls it. The patched models come from the pack's apply path
 (``SubjectEncoder.apply`` of the MS-Diffusion kind) with a real-size random MS-Diffusion encoder
@@ -17,11 +18,9 @@ import time
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    SCHEDULE, bench_data_dir, emit, interleaved, markdown_table, ms, pack, ratio, row_boxes, section_args,
-    setup_runtime, write_real_size_checkpoint,
+from bench.common import (
+    SCHEDULE, bench_data_dir, dtype_name, emit, interleaved, markdown_table, ms, on_gpu, pack, ratio, real_size_model,
+    row_boxes, section_args, setup_runtime, write_real_size_checkpoint,
 )
 
 # comfy/model_detection.py (ComfyUI 0.3.75), unet_config_from_diffusers_unet: the SDXL entry (dtype set below).
@@ -33,22 +32,16 @@ SDXL_UNET_CONFIG = {
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+SDXL_PARAMETERS = 2_567_463_684
 PHRASES = ("dog", "cat", "hat", "teddy bear")
 PROMPT_PHRASE_TOKENS = ((2,), (5,), (8,), (11, 12))  # positions of the phrases in a "a photo of a dog and ..." prompt
 
 
 def real_sdxl_model():
-    import comfy.model_management as mm
-    import comfy.model_patcher
+    """The real-size SDXL UNet (random weights) in the dtype ComfyUI would load it in here, loaded on its device."""
     import comfy.supported_models
-    from tiny_models import fill_seeded
 
-    config = comfy.supported_models.SDXL(dict(SDXL_UNET_CONFIG, dtype=torch.float32))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    fill_seeded(model.diffusion_model, seed=0)
-    model.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return real_size_model(comfy.supported_models.SDXL, SDXL_UNET_CONFIG, SDXL_PARAMETERS)
 
 
 def patched_models(model, encoder, counts, auto_counts):
@@ -144,7 +137,7 @@ class Instrument:
 
 
 class Step:
-    """One apply_model call on a CFG batch of 2 with a model's transformer_options (patches instrumented).
+    """One apply_model call on a CFG batch of 2 with a model's transformer_options (patches instrumented), inside a run.
 
     The model's wrappers go into the options as the sampler puts them there (a DIFFUSION_MODEL
     wrapper runs inside ``apply_model``); ``adm`` is None for a model without one (SD1.5).
@@ -153,13 +146,13 @@ class Step:
     def __init__(self, patcher, x, sigma, context, adm, schedule):
         import comfy.patcher_extension
 
-        patch_mod = pack("attention_patches.patch")
         self.model = patcher.model
         self.options = dict(patcher.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=sigma,
                             sample_sigmas=schedule)
         if patcher.wrappers:
             self.options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
-        self.options[patch_mod.RUN_STATE_KEY] = patch_mod.RunState()
+        for owner in pack("attention_patches.lifecycle").run_scoped_of(patcher):
+            owner.start_run()  # what ComfyUI's ON_PRE_RUN callback does when a sampling run starts
         self.instrument = Instrument()
         replace = self.options.get("patches_replace", {})
         if replace.get("attn2"):
@@ -180,7 +173,7 @@ class Step:
 def run(quick: bool = False, latent: int | None = None, rounds: int | None = None) -> tuple[str, list[dict]]:
     setup_runtime()
     subject_encoder = pack("attention_patches.kinds.registry")
-    latent = latent or (64 if quick else 96)
+    latent = latent or (64 if quick else 128 if on_gpu() else 96)  # 1024 px on a GPU, 768 px on a CPU
     rounds = rounds or (2 if quick else 3)
     counts, auto_counts = (1, 2, 4), (2,)
 
@@ -195,10 +188,11 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     gc.collect()
 
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 4, latent, latent, generator=generator)
-    sigma = SCHEDULE[5:6].repeat(2)
-    context = torch.randn(2, 77, 2048, generator=generator)
-    adm = torch.randn(2, 2816, generator=generator)
+    device = model.load_device
+    x = torch.randn(2, 4, latent, latent, generator=generator).to(device)
+    sigma = SCHEDULE[5:6].repeat(2).to(device)
+    context = torch.randn(2, 77, 2048, generator=generator).to(device)
+    adm = torch.randn(2, 2816, generator=generator).to(device)
     Instrument.hook_base_attention()
     steps = {"unpatched": Step(model, x, sigma, context, adm, SCHEDULE)}
     steps.update({name: Step(patched, x, sigma, context, adm, SCHEDULE) for name, patched in variants.items()})
@@ -228,7 +222,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     table = markdown_table(["model", "step ms", "patched / unpatched", "per round", "ms added by the patch (instrumented)",
                             "share of the step"], rows)
     text = (
-        f"### (b) One SDXL UNet step, real size ({params / 1e9:.2f} B parameters, fp32), "
+        f"### (b) One SDXL UNet step, real size ({params / 1e9:.2f} B parameters, {dtype_name(model)}, {device.type}), "
         f"{latent * 8}x{latent * 8} ({latent}x{latent} latent), CFG batch of 2\n\n"
         f"`apply_model` on the real SDXL architecture (random weights; built in {build_seconds:.0f} s), median of {rounds} "
         "interleaved rounds; *patched / unpatched* is the median of the per-round ratios of wall-clock step times. The "
@@ -246,7 +240,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
 
 
 def main(argv=None) -> int:
-    args = section_args(__doc__, argv, latent={"type": int, "help": "latent side (default 96 = 768 px; quick: 64)"})
+    args = section_args(__doc__, argv, latent={"type": int, "help": "latent side (default 128 = 1024 px on a GPU, 96 = 768 px on a CPU; quick: 64)"})
     emit(*run(args.quick, args.latent, args.rounds), args)
     return 0
 

@@ -21,7 +21,6 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 PACK_ROOT = BENCH_DIR.parent
-TESTS_DIR = PACK_ROOT / "tests"
 RESULTS_MD = BENCH_DIR / "results.md"
 SCHEDULE = torch.linspace(14.6, 0.0, 31)  # sigmas of a 30-step run; a call at SCHEDULE[i] belongs to step i
 
@@ -34,29 +33,79 @@ def row_boxes(count: int) -> list[tuple[float, float, float, float]]:
 
 
 def setup_runtime() -> None:
-    """ComfyUI in-process on CPU (before comfy.model_management), and the pack importable."""
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    from comfy_runtime import import_comfy
+    """ComfyUI in-process (on the GPU when CUDA is present, else the CPU; before comfy.model_management), and the pack."""
+    from devkit.runtime import import_comfy
 
-    import_comfy()
+    import_comfy(cpu=not torch.cuda.is_available())
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
-    from msp_package import load_pack
+    from devkit.pack import load_pack
 
     load_pack()
 
 
+def compute_device() -> torch.device:
+    """The device ComfyUI runs models on here."""
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def on_gpu() -> bool:
+    return compute_device().type == "cuda"
+
+
+def unet_dtypes(model_config, parameters: int) -> tuple[torch.dtype, torch.dtype | None]:
+    """(storage dtype, manual cast dtype) ComfyUI loads a diffusion model of this config and size in on this device.
+
+    What ``comfy.sd.load_diffusion_model`` decides: fp16 or bf16 on a GPU that has room and supports it, fp32 on a CPU.
+    """
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    supported = model_config.supported_inference_dtypes
+    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
+    return dtype, mm.unet_manual_cast(dtype, device, supported)
+
+
+def real_size_model(config_class, unet_config: dict, parameters: int):
+    """ComfyUI's model of ``config_class`` at real size with seeded random weights, stored in the dtype ComfyUI would
+    load it in here (``parameters``: its size, for that choice), loaded on ComfyUI's device."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from devkit.tiny_models import fill_seeded
+
+    dtype, manual_cast = unet_dtypes(config_class, parameters)
+    config = config_class(dict(unet_config, dtype=dtype))
+    config.set_inference_dtype(dtype, manual_cast)
+    model = config.get_model({})
+    fill_seeded(model.diffusion_model, seed=0)
+    model.eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    mm.load_models_gpu([patcher])
+    return patcher
+
+
+def dtype_name(patcher) -> str:
+    return str(patcher.model_dtype()).replace("torch.", "")
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a timer measures it (nothing on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def pack(name: str):
-    from msp_package import pack as _pack
+    from devkit.pack import pack as _pack
 
     return _pack(name)
 
 
 def load_manifest() -> dict:
     """The official ms_adapter.bin's keys and shapes, from the tests' golden folder."""
-    from comfy_runtime import golden_dir
+    from devkit.runtime import golden_dir
 
     folder = golden_dir()
     if folder is None or not (folder / "ms_adapter_sdxl_manifest.json").exists():
@@ -97,8 +146,10 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
             gc.collect()
             calls = []
             for _ in range(inner):
+                synchronize()
                 start = time.perf_counter()
                 variants[name]()
+                synchronize()
                 calls.append(time.perf_counter() - start)
             measured[name] = min(calls)
         timings.rounds.append(measured)
@@ -127,12 +178,14 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def cpu_summary(threads: int | None = None) -> str:
+def machine_summary(threads: int | None = None) -> str:
     """The machine line of the results header (``threads``: what the sections were told to use)."""
     import platform
 
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({threads or torch.get_num_threads()} threads), fp32")
+    cpu = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), {cpu}; models in the dtype ComfyUI picks there"
+    return f"{cpu}, fp32 on the CPU"
 
 
 def manifest_shapes(manifest: dict, prefix: str = ""):

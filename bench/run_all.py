@@ -4,7 +4,9 @@ Each section runs in its own process (the real-size SDXL UNet alone needs ~10 GB
 the other: the subject encoder (which also writes the real-size random checkpoint the UNet
 section applies), single cross-attention calls, a tiny whole sampling run, a real-size UNet
 step, an AnyStory FLUX block, and a real-size SD1.5 UNet step with SSR-Encoder and with
-FastComposer. ``--quick`` shortens every section (smaller UNet latent, fewer rounds and shapes);
+FastComposer. On a CUDA GPU the sections run there, the real-size models in the dtype ComfyUI
+picks (fp16/bf16) at their real image sizes; on a CPU in fp32 at reduced sizes. ``--quick``
+shortens every section (smaller UNet latent, fewer rounds and shapes: minutes on a GPU);
 ``--only ssr,fastcomposer`` runs just those sections.
 """
 
@@ -20,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_DIR, PACK_ROOT, RESULTS_MD, cpu_summary, markdown_table  # noqa: E402
+from bench.common import PACK_ROOT, RESULTS_MD, machine_summary, markdown_table
 
 SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory", "ssr", "fastcomposer")
 TARGET_ATTENTION = 1.10  # patched call / lower bound
@@ -49,17 +50,25 @@ def load_average() -> str:
 
 def run_section(name: str, args, folder: Path) -> tuple[str, object, float, str]:
     out, records = folder / f"{name}.md", folder / f"{name}.json"
-    command = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), "--out", str(out), "--json", str(records)]
+    command = [sys.executable, "-m", f"bench.bench_{name}", "--out", str(out), "--json", str(records)]
     if args.quick:
         command.append("--quick")
     if args.threads:
         command += ["--threads", str(args.threads)]
-    print(f"== {name}: {' '.join(command[1:2] + command[6:])}", file=sys.stderr, flush=True)
+    print(f"== {name}: {' '.join(command[1:3] + command[7:])}", file=sys.stderr, flush=True)
     load_before = load_average()
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=PACK_ROOT)
     seconds = time.perf_counter() - start
     return out.read_text(), json.loads(records.read_text()), seconds, f"{load_before} -> {load_average()}"
+
+
+def attention_note() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "its `optimized_attention` as it picks on this GPU"
+    return "on the CPU; its `optimized_attention` is sub-quadratic attention there"
 
 
 def verdict(ok: bool) -> str:
@@ -121,8 +130,7 @@ def main(argv=None) -> int:
     header = (
         "## Benchmarks\n\n"
         f"`make bench`{' (--quick)' if args.quick else ''}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-        f"revision {git_revision()}. {cpu_summary(args.threads)}, ComfyUI 0.3.75 on CPU (its `optimized_attention` is "
-        "sub-quadratic attention there). Every variant is timed interleaved with its references in the same run; the "
+        f"revision {git_revision()}. {machine_summary(args.threads)}, ComfyUI 0.3.75 ({attention_note()}). Every variant is timed interleaved with its references in the same run; the "
         "machine is shared, so absolute times are noisy and the ratios are what to read. Sections: "
         + "; ".join(notes) + f"; total {total / 60:.1f} min.\n"
     )

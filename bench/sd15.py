@@ -1,7 +1,7 @@
 """What the SD1.5 kinds' benchmarks share: ComfyUI's SD1.5 UNet at real size and one timed CFG step per model.
 
-ComfyUI's own SD1.5 model class with SD1.5's real unet_config (random weights, fp32, 0.86 B
-parameters, ~3.4 GB), a CFG batch of 2 ([1, 0] cond_or_uncond: negative row first) through
+ComfyUI's own SD1.5 model class with SD1.5's real unet_config (random weights, 0.86 B
+parameters, in the dtype ComfyUI picks: fp16 on most GPUs, fp32 ~3.4 GB on a CPU), a CFG batch of 2 ([1, 0] cond_or_uncond: negative row first) through
 ``BaseModel.apply_model`` as the sampler calls it (bench_unet.Step), every model timed
 interleaved with the unpatched one in the same rounds.
 """
@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from bench_unet import Instrument, Step
-from common import SCHEDULE, interleaved, ms
+from bench.bench_unet import Instrument, Step
+from bench.common import SCHEDULE, interleaved, ms, real_size_model
 
 # comfy/model_detection.py (ComfyUI 0.3.75), unet_config_from_diffusers_unet: the SD15 entry (dtype set below).
 SD15_UNET_CONFIG = {
@@ -25,24 +25,17 @@ SD15_UNET_CONFIG = {
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+SD15_PARAMETERS = 859_520_964
 CROSS_ATTENTIONS = 16
 STEP_PERCENT = 0.5  # the timed step's place in the schedule (inside every kind's default active window)
 
 
 def real_sd15_model():
-    """(ModelPatcher of the real-size SD1.5 UNet with random weights, seconds it took to build)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
+    """(ModelPatcher of the real-size SD1.5 UNet with random weights in ComfyUI's dtype here, seconds it took to build)."""
     import comfy.supported_models
-    from tiny_models import fill_seeded
 
     start = time.perf_counter()
-    config = comfy.supported_models.SD15(dict(SD15_UNET_CONFIG, dtype=torch.float32))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    fill_seeded(model.diffusion_model, seed=0)
-    model.eval().requires_grad_(False)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    patcher = real_size_model(comfy.supported_models.SD15, SD15_UNET_CONFIG, SD15_PARAMETERS)
     return patcher, time.perf_counter() - start
 
 
@@ -62,10 +55,11 @@ def timed_steps(unpatched, variants: dict, latent: int, rounds: int, context: to
     Returns (the ``step_class`` Step of each model, the Timings); ``context`` [2, 77, 768] (random when None).
     """
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 4, latent, latent, generator=generator)
+    device = unpatched.load_device
+    x = torch.randn(2, 4, latent, latent, generator=generator).to(device)
     if context is None:
         context = torch.randn(2, 77, 768, generator=generator)
-    sigma = step_sigma(unpatched)
+    context, sigma = context.to(device), step_sigma(unpatched).to(device)
     Instrument.hook_base_attention()
     steps = {"unpatched": step_class(unpatched, x, sigma, context, None, SCHEDULE)}
     steps.update({name: step_class(patched, x, sigma, context, None, SCHEDULE) for name, patched in variants.items()})

@@ -24,7 +24,7 @@ with status 2.
 
 ``make demo TINY=1`` (``--tiny``) runs the same graph on tiny random-weight stand-ins (the test
 loaders in tests/custom_nodes/msp_test_nodes, and for the files no loader replaces -- the
-subject encoder, LoRAs -- tiny files written by tests/tiny_files.py to a temporary models
+subject encoder, LoRAs -- tiny files written by devkit/tiny_files.py to a temporary models
 folder), with generated placeholder references where none are given: it shows that everything
 runs, not what the method does.
 """
@@ -45,13 +45,9 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base  # noqa: E402
-from workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt  # noqa: E402
-
-sys.path.append(str(ROOT / "tests"))  # last: only for tiny_files, which imports ComfyUI lazily (in the child that writes them)
-import tiny_files  # noqa: E402
+from devkit import tiny_files  # imports ComfyUI lazily (only the child that writes the files does)
+from scripts.embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base
+from scripts.workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt
 
 EXAMPLES = ROOT / "example_workflows"
 WORKFLOW = EXAMPLES / "two_subjects.json"
@@ -252,16 +248,15 @@ def placeholder_reference(path: Path, index: int) -> None:
 
 TINY_WRITER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
-from comfy_runtime import import_comfy
+from devkit.runtime import import_comfy
 import_comfy()
-import tiny_files
-tiny_files.write_tiny_files(sys.argv[2], json.loads(sys.argv[3]))
+from devkit import tiny_files
+tiny_files.write_tiny_files(sys.argv[1], json.loads(sys.argv[2]))
 """
 
 
 class TinyFiles:
-    """The model files no stand-in loader replaces (subject encoders, LoRAs), tiny, from tests/tiny_files.py.
+    """The model files no stand-in loader replaces (subject encoders, LoRAs), tiny, from devkit/tiny_files.py.
 
     Written by a child process (this one never imports ComfyUI) while the server starts.
     """
@@ -270,7 +265,8 @@ class TinyFiles:
         env = dict(os.environ, MSP_COMFYUI_ROOT=str(comfyui))
         self.log_path = log_path
         with log_path.open("w") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-c", TINY_WRITER, str(ROOT / "tests"), str(models_dir), json.dumps(files)],
+            # -c with the checkout root as the working directory: devkit imports from there
+            self.process = subprocess.Popen([sys.executable, "-c", TINY_WRITER, str(models_dir), json.dumps(files)],
                                             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:

@@ -5,40 +5,26 @@ and suffix). Each thumbnail is drawn from the workflow itself: the title of its 
 (the Draw Layout Box boxes at the example's aspect ratio, in the subjects' colours, labelled with
 their phrases) and what it combines. Run again after changing an example:
 
-    .venv/bin/python scripts/make_thumbnails.py            # rewrites example_workflows/*.jpg
-    .venv/bin/python scripts/make_thumbnails.py --out DIR  # writes them elsewhere (tests compare)
+    .venv/bin/python -m scripts.make_thumbnails            # rewrites example_workflows/*.jpg
+    .venv/bin/python -m scripts.make_thumbnails --out DIR  # writes them elsewhere (tests compare)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import sys
-import types
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from devkit.pack import bare_module
+
 ROOT = Path(__file__).resolve().parent.parent
-# the pack's modules import each other relatively, so they load as one package; a name of its own, so a host
-# that imports the pack itself (ComfyUI, the tests) keeps its copy untouched
-PACKAGE = "comfyui_multisubject_thumbnails"
-
-
-def _pack_module(name: str):
-    """``PACKAGE.name``, from a bare package whose ``__init__`` (needing ComfyUI) never runs."""
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(ROOT)]
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-_layout = _pack_module("attention_patches.layout")
+_layout = bare_module("attention_patches.layout")
 Layout, LayoutBox, make_layout = _layout.Layout, _layout.LayoutBox, _layout.make_layout
-colour = _pack_module("attention_patches.route_preview").colour
+colour = bare_module("attention_patches.route_preview").colour
 
 EXAMPLES = ROOT / "example_workflows"
 SIZE = 400  # square: the template browser crops its cards to squares

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from comfy_runtime import golden_dir, golden_root, import_comfy  # noqa: E402
+from devkit.runtime import golden_dir, golden_root, import_comfy
 
 import_comfy()
 
@@ -21,7 +18,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # the tiny models' ops are too small to gain from threads; avoids oversubscription
 
-from msp_package import load_pack, pack  # noqa: E402
+from devkit.pack import load_pack, pack  # noqa: E402
 
 load_pack()
 
@@ -64,7 +61,7 @@ def golden():
 
 @pytest.fixture(scope="session")
 def tiny():
-    import tiny_models
+    from devkit import tiny_models
 
     return tiny_models
 
@@ -100,7 +97,7 @@ def comfy_server(tiny, tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from comfy_server import ComfyServer
+    from devkit.server import ComfyServer
 
     base = tmp_path_factory.mktemp("comfyui")
     server = ComfyServer(base)

@@ -6,7 +6,7 @@ import torch
 
 import comfy.sd
 import comfy.supported_models
-from msp_package import pack
+from devkit.pack import pack
 
 loader = pack("models.fastcomposer.loader")
 SD1_VOCAB = 49408

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
-from msp_package import pack
+from devkit.pack import pack
 
 layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
 patch_mod = pack("attention_patches.patch")

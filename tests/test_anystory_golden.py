@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import GOLDEN_TOLERANCE, assert_close
-from msp_package import pack
+from devkit.pack import pack
 
 TOLERANCE = GOLDEN_TOLERANCE
 SIGLIP_TOLERANCE = 5e-3

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msp_package import pack
+from devkit.pack import pack
 
 checkpoint = pack("models.anystory.checkpoint")
 embedder = pack("models.anystory.embedder")

@@ -8,8 +8,8 @@ import torch
 import comfy.model_management
 import comfy.sample
 
-import anystory_tiny as tiny_flux
-from msp_package import pack
+from devkit import anystory_tiny as tiny_flux
+from devkit.pack import pack
 
 base = pack("attention_patches.kinds.base")
 encoder_mod = pack("attention_patches.kinds.anystory.encoder")

@@ -687,14 +687,14 @@ def _canvas_module_constants(driver):
 
 
 def test_canvas_presets_match_the_backend(browser):
-    from msp_package import pack
+    from devkit.pack import pack
 
     backend = {name: [list(box) for box in boxes] for name, boxes in pack("attention_patches.layout").PRESETS.items()}
     assert _canvas_module_constants(browser)["presets"] == backend
 
 
 def test_canvas_palette_matches_route_preview(browser):
-    from msp_package import pack
+    from devkit.pack import pack
 
     backend = ["#%02x%02x%02x" % rgb for rgb in pack("attention_patches.route_preview").PALETTE]
     assert _canvas_module_constants(browser)["palette"] == backend

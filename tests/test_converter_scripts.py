@@ -5,9 +5,9 @@ import sys
 
 import torch
 
-import anystory_tiny
-from comfy_runtime import PACK_ROOT
-from msp_package import pack
+from devkit import anystory_tiny
+from devkit.runtime import PACK_ROOT
+from devkit.pack import pack
 
 registry = pack("attention_patches.kinds.registry")
 

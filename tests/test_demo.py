@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfy_runtime import PACK_ROOT
+from devkit.runtime import PACK_ROOT
 
-DEMO = PACK_ROOT / "scripts" / "demo.py"
 pytestmark = pytest.mark.slow  # every test runs scripts/demo.py in a child process
 MODEL_FILES = ("models/checkpoints/sd_xl_base_1.0.safetensors", "models/clip_vision/clip_vision_g.safetensors",
                "models/msdiffusion/ms_adapter.bin")
@@ -40,7 +39,8 @@ def node_types(workflow: dict) -> set[str]:
 
 
 def run_demo(*args: str, timeout: float = 600) -> tuple[int, str]:
-    result = subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True, timeout=timeout, cwd=PACK_ROOT)
+    result = subprocess.run([sys.executable, "-m", "scripts.demo", *args], capture_output=True, text=True, timeout=timeout,
+                            cwd=PACK_ROOT)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -145,7 +145,7 @@ def test_make_demo_passes_the_workflow_and_tiny_mode(tmp_path):
     result = subprocess.run(["make", "-n", "demo", "WORKFLOW=ssr_two_subjects", "TINY=1"], capture_output=True, text=True,
                             timeout=60, cwd=PACK_ROOT)
     assert result.returncode == 0, result.stderr
-    assert "scripts/demo.py --tiny --workflow ssr_two_subjects" in result.stdout
+    assert "-m scripts.demo --tiny --workflow ssr_two_subjects" in result.stdout
 
 
 def test_an_unknown_workflow_lists_the_shipped_examples(tmp_path):

@@ -6,8 +6,8 @@ import torch
 import comfy.patcher_extension
 import comfy.sample
 
-import anystory_tiny as tiny_flux
-from msp_package import pack
+from devkit import anystory_tiny as tiny_flux
+from devkit.pack import pack
 
 blocks = pack("attention_patches.dit.blocks")
 lifecycle = pack("attention_patches.lifecycle")

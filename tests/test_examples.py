@@ -19,17 +19,13 @@ import pytest
 from PIL import Image
 
 import browser_support
-import tiny_files
-from comfy_runtime import PACK_ROOT
-from comfy_server import PromptRefused
-from msp_package import pack
-
-sys.path.insert(0, str(PACK_ROOT / "scripts"))
-
-import demo  # noqa: E402
-import workflow_api  # noqa: E402
-from embedded_comfyui import PACK_LINK  # noqa: E402
-from workflow_api import WorkflowError, load_workflow, workflow_to_prompt  # noqa: E402
+from devkit import tiny_files
+from devkit.runtime import PACK_ROOT
+from devkit.server import PromptRefused
+from devkit.pack import pack
+from scripts import demo, workflow_api
+from scripts.embedded_comfyui import PACK_LINK
+from scripts.workflow_api import WorkflowError, load_workflow, workflow_to_prompt
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
@@ -576,7 +572,7 @@ def test_every_example_has_the_thumbnail_the_template_browser_asks_for(examples_
     """The frontend requests /api/workflow_templates/<pack>/<name>.jpg; the committed files are the script's output."""
     import numpy as np
 
-    import make_thumbnails
+    from scripts import make_thumbnails
 
     assert make_thumbnails.main(["--out", str(tmp_path)]) == 0
     for path in EXAMPLES:
@@ -654,7 +650,7 @@ def test_every_example_note_links_every_file_it_needs(path):
 @pytest.fixture(scope="module")
 def server_without_models(tmp_path_factory):
     """A fresh server with no model files, as a newcomer's first start."""
-    from comfy_server import ComfyServer
+    from devkit.server import ComfyServer
 
     server = ComfyServer(tmp_path_factory.mktemp("no_models"))
     server.start()

@@ -15,8 +15,8 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
-from msp_package import pack
-from tiny_models import fill_seeded
+from devkit.pack import pack
+from devkit.tiny_models import fill_seeded
 
 fusion_patch = pack("attention_patches.kinds.fastcomposer.fusion_patch")
 fusion = pack("models.fastcomposer.fusion")

@@ -12,7 +12,7 @@ import torch
 
 from fastcomposer_support import encode_ids, fastcomposer_encoder, sd15_clip
 from helpers import GOLDEN_TOLERANCE, assert_close
-from msp_package import pack
+from devkit.pack import pack
 
 TOLERANCE = GOLDEN_TOLERANCE
 WINDOW_TOLERANCE = 1e-6  # cases.json rounds the percent windows to 6 decimals
@@ -309,6 +309,6 @@ def manifest_keys(manifest: dict) -> dict:
 
 
 def pack_root():
-    from msp_package import PACK_ROOT
+    from devkit.pack import PACK_ROOT
 
     return PACK_ROOT

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from msp_package import pack
+from devkit.pack import pack
 
 loader = pack("models.fastcomposer.loader")
 convert = pack("models.fastcomposer.convert")

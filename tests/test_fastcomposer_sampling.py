@@ -19,9 +19,9 @@ import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 from helpers import encode_text, layout, reference_image
-from msp_package import pack
-from tiny_models import tiny_sd15_model, tiny_sdxl_model
-from tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip
+from devkit.pack import pack
+from devkit.tiny_models import tiny_sd15_model, tiny_sdxl_model
+from devkit.tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip
 
 nodes = pack("nodes")
 base = pack("attention_patches.kinds.base")
@@ -373,7 +373,7 @@ def test_hires_pass_controlnet_and_weight_patches_take_part(unet, clip, encoder,
     """A hires second pass on the patched MODEL, a ControlNet on the prompt and a LoRA-style weight patch on the
     patched MODEL all change the result beside the people (and the people still change it under them)."""
     import nodes as comfy_nodes
-    from tiny_sd15_fastcomposer import tiny_sd15_controlnet
+    from devkit.tiny_sd15_fastcomposer import tiny_sd15_controlnet
 
     patched, _ = apply(unet, encoder, people, layout(((0, 0, 0.5, 1), (0.5, 0, 1, 1)), list(PHRASES), 128, 128),
                        start_percent=0.3)
@@ -415,7 +415,7 @@ def test_a_mask_blacks_out_the_background(encoder, clip):
 
 def test_inconsistent_image_encoder_is_a_named_error(unet, tmp_path):
     from safetensors.torch import save_file
-    from tiny_sd15_fastcomposer import tiny_fastcomposer_state_dict
+    from devkit.tiny_sd15_fastcomposer import tiny_fastcomposer_state_dict
 
     flat = tiny_fastcomposer_state_dict(unet=unet)
     flat["image_encoder.vision_model.encoder.layers.1.mlp.fc2.weight"] = torch.zeros(3, 3)

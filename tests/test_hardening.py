@@ -9,10 +9,10 @@ import torch
 
 import comfy.model_management
 
-from comfy_server import PromptRefused
+from devkit.server import PromptRefused
 from graphs import two_subject_graph
 from helpers import apply, encode_subjects, encode_text, layout, sample
-from msp_package import pack
+from devkit.pack import pack
 
 injection = pack("attention_patches.injection")
 patch_mod = pack("attention_patches.patch")

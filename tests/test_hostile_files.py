@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-from msp_package import PACK_ROOT, pack
+from devkit.pack import PACK_ROOT, pack
 
 loader = pack("models.loader")
 safe_load = pack("models.safe_load")
@@ -42,15 +42,14 @@ def test_a_small_compressed_bin_declaring_a_huge_tensor_is_refused_without_readi
     assert bomb.stat().st_size < 4 * 2**20
     script = (
         "import resource, sys\n"
-        f"sys.path.insert(0, {str(PACK_ROOT / 'tests')!r})\n"
-        "from comfy_runtime import import_comfy\nimport_comfy()\n"
-        "from msp_package import pack\nloader = pack('models.loader')\n"
+        "from devkit.runtime import import_comfy\nimport_comfy()\n"
+        "from devkit.pack import pack\nloader = pack('models.loader')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    loader.load_encoder(sys.argv[1])\nexcept loader.SubjectEncoderFormatError as e:\n    print('REFUSED', e)\n"
         "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
     result = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=PACK_ROOT)  # -c: devkit from the checkout root
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("REFUSED", "GROWTH_KB")))
     assert "compressed" in lines.get("REFUSED", ""), result.stdout + result.stderr[-3000:]
     assert int(lines["GROWTH_KB"]) < 64 * 1024  # the 512 MiB were never allocated

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msp_package import pack
+from devkit.pack import pack
 
 layout_mod = pack("attention_patches.layout")
 nodes = pack("nodes")
@@ -168,7 +168,7 @@ def test_a_huge_reference_is_downscaled_view_by_view_before_stacking():
 
 
 def draw_layout_errors(server, **inputs) -> list:
-    from comfy_server import PromptRefused
+    from devkit.server import PromptRefused
     from graphs import two_subject_graph
 
     graph = two_subject_graph(preview=False)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from graphs import two_subject_graph
-from msp_package import pack
+from devkit.pack import pack
 
 LONE_SURROGATE = "\ud800"
 
@@ -84,7 +84,7 @@ def test_quoted_text_is_printable_bounded_and_encodable():
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from comfy_server import PromptRefused  # noqa: E402
+from devkit.server import PromptRefused  # noqa: E402
 
 ANY_CHARACTER = st.characters(exclude_categories=())  # lone surrogates and control characters included
 HOSTILE_TEXT = st.one_of(

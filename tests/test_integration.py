@@ -9,7 +9,7 @@ import comfy.model_management
 import comfy.model_patcher
 
 from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
-from msp_package import pack
+from devkit.pack import pack
 
 layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
 grids = pack("attention_patches.layer_map")

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 import folder_paths
 
 from helpers import apply, encode_subjects, layout, reference_image, sample
-from msp_package import pack
+from devkit.pack import pack
 
 registry = pack("attention_patches.kinds.registry")
 base = pack("attention_patches.kinds.base")

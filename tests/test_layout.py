@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msp_package import pack
+from devkit.pack import pack
 
 layout_mod = pack("attention_patches.layout")
 routing = pack("attention_patches.routing")

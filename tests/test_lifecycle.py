@@ -7,9 +7,9 @@ import torch
 import comfy.patcher_extension
 import comfy.sample
 
-import anystory_tiny as tiny_flux
+from devkit import anystory_tiny as tiny_flux
 from helpers import layout, reference_image, sample
-from msp_package import pack
+from devkit.pack import pack
 
 base = pack("attention_patches.kinds.base")
 registry = pack("attention_patches.kinds.registry")
@@ -23,7 +23,7 @@ PROMPT = "a man and a woman at the beach"
 
 
 def ms_diffusion(tmp_path):
-    from tiny_models import save_subject_encoder, tiny_clip_vision, tiny_sdxl_clip, tiny_sdxl_model
+    from devkit.tiny_models import save_subject_encoder, tiny_clip_vision, tiny_sdxl_clip, tiny_sdxl_model
 
     clip, vision = tiny_sdxl_clip(), tiny_clip_vision()
     encoder = registry.load_subject_encoder(save_subject_encoder(tmp_path / "ms_adapter.safetensors"))
@@ -33,7 +33,7 @@ def ms_diffusion(tmp_path):
 
 
 def ssr_encoder(tmp_path):
-    from tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
+    from devkit.tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 
     clip, vision = tiny_sd15_clip(), tiny_vit_l()
     aligner, _ = save_ssr_files(tmp_path, ssr_manifest(), "community")
@@ -44,8 +44,8 @@ def ssr_encoder(tmp_path):
 
 
 def fastcomposer(tmp_path):
-    from tiny_models import tiny_sd15_model
-    from tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip
+    from devkit.tiny_models import tiny_sd15_model
+    from devkit.tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip
 
     unet, clip = tiny_sd15_model(), tiny_sd15_clip()
     encoder = registry.load_subject_encoder(save_fastcomposer(tmp_path / "fastcomposer_encoder.safetensors", unet=unet))

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import folder_paths
 
-from msp_package import pack
+from devkit.pack import pack
 
 loader = pack("models.loader")
 convert = pack("models.convert")

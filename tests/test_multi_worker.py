@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import ComfyServer
+from devkit.server import ComfyServer
 from graphs import two_subject_graph
 
 SHARED = dict(auto_routing=True, preview=True, steps=3)  # auto routing + route capture: the most run state

@@ -7,8 +7,8 @@ import pytest
 from comfy_api.latest import io
 
 import browser_support
-from comfy_runtime import PACK_ROOT
-from msp_package import pack
+from devkit.runtime import PACK_ROOT
+from devkit.pack import pack
 
 nodes = pack("nodes")
 types = pack("nodes.types")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import apply, encode_subjects, layout, reference_image
-from msp_package import pack
+from devkit.pack import pack
 
 nodes = pack("nodes")
 references = pack("attention_patches.references")

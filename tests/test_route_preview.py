@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import layout
-from msp_package import pack
+from devkit.pack import pack
 
 nodes = pack("nodes")
 route_preview = pack("attention_patches.route_preview")

@@ -9,7 +9,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from helpers import AttentionSpy, encode_subjects, layout, plain_attention, sample
-from msp_package import pack
+from devkit.pack import pack
 
 nodes = pack("nodes")
 patch_mod = pack("attention_patches.patch")

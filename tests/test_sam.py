@@ -8,7 +8,7 @@ import torch
 import folder_paths
 
 from helpers import reference_image
-from msp_package import pack
+from devkit.pack import pack
 
 nodes = pack("nodes")
 sam = pack("models.sam")

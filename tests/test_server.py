@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from comfy_runtime import COMFYUI_ROOT
+from devkit.runtime import COMFYUI_ROOT
 from graphs import two_subject_graph
-from comfy_server import ComfyServer, PromptRefused
+from devkit.server import ComfyServer, PromptRefused
 
 PACK_NODES = ["MSP_LoadSubjectEncoder", "MSP_EncodeReference", "MSP_DrawLayoutBox", "MSP_ApplyMultiSubjectAttention",
               "MSP_RouterMaskPreview"]

@@ -9,8 +9,8 @@ import torch
 import comfy.ldm.modules.attention  # noqa: F401  (the patch's attention)
 
 from helpers import GOLDEN_TOLERANCE, assert_close
-from msp_package import pack
-from tiny_sd15 import clip_vision_from_config
+from devkit.pack import pack
+from devkit.tiny_sd15 import clip_vision_from_config
 
 pytestmark = pytest.mark.golden
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from msp_package import pack
-from tiny_sd15 import MANIFEST_ENTRY, manifest_state_dict, save_ssr_files, ssr_manifest
+from devkit.pack import pack
+from devkit.tiny_sd15 import MANIFEST_ENTRY, manifest_state_dict, save_ssr_files, ssr_manifest
 
 loader = pack("models.ssr_encoder.loader")
 safe_load = pack("models.safe_load")

@@ -6,8 +6,8 @@ import torch
 import folder_paths
 
 from helpers import layout, reference_image
-from msp_package import pack
-from tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
+from devkit.pack import pack
+from devkit.tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 
 nodes = pack("nodes")
 registry = pack("attention_patches.kinds.registry")

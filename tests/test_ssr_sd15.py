@@ -7,8 +7,8 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 
 from helpers import AttentionSpy, encode_text, layout, plain_attention, reference_image, sample
-from msp_package import pack
-from tiny_sd15 import MODEL_CHANNELS, save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
+from devkit.pack import pack
+from devkit.tiny_sd15 import MODEL_CHANNELS, save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 
 base = pack("attention_patches.kinds.base")
 ssr = pack("attention_patches.kinds.ssr_encoder.encoder")

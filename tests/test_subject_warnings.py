@@ -4,7 +4,7 @@ import json
 
 import browser_support
 from graphs import out, two_subject_graph
-from msp_package import pack
+from devkit.pack import pack
 
 warnings_mod = pack("nodes.subject_warnings")
 

@@ -11,9 +11,10 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# the checkout root, for its devkit (appended: the server's own modules keep precedence over the checkout's folders)
+sys.path.append(str(Path(__file__).resolve().parents[3]))
 
-import tiny_models  # noqa: E402
+from devkit import tiny_models  # noqa: E402
 
 from .flux_stand_ins import FLUX_NODES, siglip_for  # noqa: E402
 from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402

@@ -5,7 +5,7 @@ from functools import lru_cache
 
 from comfy_api.latest import io
 
-import anystory_tiny
+from devkit import anystory_tiny
 
 from .fastcomposer_nodes import unet_for
 

@@ -7,8 +7,8 @@ tower SSR-Encoder needs. Every other name keeps the SDXL stand-ins.
 
 from functools import lru_cache
 
-import tiny_models
-import tiny_sd15
+from devkit import tiny_models
+from devkit import tiny_sd15
 
 SD15_CHECKPOINT_MARKERS = ("v1-5", "sd15", "sd1.5", "sd-v1")
 VIT_L_MARKERS = ("vit-large", "vit_large", "vit-l", "vit_l")

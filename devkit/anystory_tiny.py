@@ -8,7 +8,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
 
-from tiny_models import clip_vision_model, fill_seeded
+from .tiny_models import clip_vision_model, fill_seeded
 
 HIDDEN, HEADS, MLP = 32, 2, 128
 DOUBLE, SINGLE = 2, 2
@@ -94,7 +94,7 @@ def tiny_anystory(seed: int = 12, base_redux: bool = True, scale: float = 0.2) -
 def tiny_encodings(count: int, seed: int = 13, ref_grid: int = 4):
     """Encoded subjects as the AnyStory kind's encode returns them (random, the right shapes)."""
     generator = torch.Generator().manual_seed(seed)
-    from msp_package import pack
+    from .pack import pack
 
     encoding = pack("attention_patches.kinds.anystory.encoder").AnyStoryEncoding
     out = []

@@ -18,8 +18,8 @@ import comfy.clip_model
 import comfy.ops
 import comfy.sd
 import comfy.supported_models
-from msp_package import pack
-from tiny_models import SD15_UNET_CONFIG, fill_seeded, tiny_sd15_model
+from .pack import pack
+from .tiny_models import SD15_UNET_CONFIG, fill_seeded, tiny_sd15_model
 
 EMBED_DIM = SD15_UNET_CONFIG["context_dim"]  # 768, as the real model
 VISION = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28,

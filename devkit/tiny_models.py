@@ -27,7 +27,7 @@ import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
-from msp_package import pack
+from .pack import pack
 
 CLIP_L_WIDTH = 32
 CLIP_G_WIDTH = 64

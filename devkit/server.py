@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from comfy_runtime import COMFYUI_ROOT, PACK_ROOT
+from scripts.embedded_comfyui import EmbeddedComfyUI, PromptRefused, prepare_base
 
-sys.path.insert(0, str(PACK_ROOT / "scripts"))
-
-from embedded_comfyui import EmbeddedComfyUI, PromptRefused, prepare_base  # noqa: E402
+from .runtime import COMFYUI_ROOT
 
 __all__ = ["ComfyServer", "PromptRefused"]
 

@@ -3,7 +3,7 @@
 The example tests and ``make demo TINY=1`` both run the shipped examples on tiny models: the
 loaders ComfyUI ships (checkpoint, CLIP vision, UNet, ...) are swapped for the test-only tiny
 loaders, but Load Subject Encoder and LoraLoader read real files, so those are written here
-with the real key layouts at tiny widths (ComfyUI must be importable: see comfy_runtime).
+with the real key layouts at tiny widths (ComfyUI must be importable: see devkit.runtime).
 """
 
 from __future__ import annotations
@@ -13,27 +13,27 @@ from pathlib import Path
 
 
 def _ms_diffusion(path: Path) -> None:
-    import tiny_models
+    from . import tiny_models
 
     tiny_models.save_subject_encoder(path)
 
 
 def _lora(path: Path) -> None:
-    import tiny_models
+    from . import tiny_models
 
     tiny_models.save_tiny_lora(path)
 
 
 def _ssr_encoder(path: Path) -> None:
     """The official pair (pytorch_model.bin + pytorch_model_1.bin) side by side, whichever of them is asked for."""
-    import tiny_sd15
+    from . import tiny_sd15
 
     tiny_sd15.save_ssr_files(path.parent, tiny_sd15.ssr_manifest(), "official")
 
 
 def _fastcomposer(path: Path) -> None:
-    import tiny_sd15
-    from tiny_sd15_fastcomposer import save_fastcomposer
+    from . import tiny_sd15
+    from .tiny_sd15_fastcomposer import save_fastcomposer
 
     save_fastcomposer(path, unet=tiny_sd15.tiny_sd15_unet())  # fingerprinted with the SD1.5 stand-in's UNet
 
@@ -41,7 +41,7 @@ def _fastcomposer(path: Path) -> None:
 def _anystory(path: Path) -> None:
     import torch
 
-    import anystory_tiny
+    from . import anystory_tiny
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(anystory_tiny.tiny_anystory(base_redux=False), path)  # Redux from the workflow's style model

@@ -22,12 +22,13 @@ def golden_dir(kind: str = "msdiffusion") -> Path | None:
     return folder if (folder / "cases.json").exists() else None
 
 
-def import_comfy() -> None:
+def import_comfy(cpu: bool = True) -> None:
+    """ComfyUI importable in-process; ``cpu``: on the CPU whatever GPU there is (the tests), else as ComfyUI picks."""
     if not (COMFYUI_ROOT / "main.py").exists():
         raise RuntimeError(f"no ComfyUI at {COMFYUI_ROOT}: run `make setup` (or set MSP_COMFYUI_ROOT)")
     if str(COMFYUI_ROOT) not in sys.path:
         sys.path.insert(0, str(COMFYUI_ROOT))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)

@@ -18,8 +18,8 @@ import torch
 import comfy.clip_vision
 import comfy.sd
 import comfy.supported_models
-from msp_package import pack
-from tiny_models import _tiny_unet, clip_vision_model, fill_seeded
+from .pack import pack
+from .tiny_models import _tiny_unet, clip_vision_model, fill_seeded
 
 TEXT_WIDTH = 32  # SD1.5: 768
 VIT_L_WIDTH = 16  # ViT-L/14: 1024
