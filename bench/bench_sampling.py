@@ -25,7 +25,7 @@ def run(quick: bool = False, latent: int | None = None, rounds: int | None = Non
     import comfy.sample
 
     from devkit import tiny_models
-    from helpers import apply, encode_subjects, encode_text, layout
+    from devkit.helpers import apply, encode_subjects, encode_text, layout
 
     latent = latent or 64
     steps, cfg = 10, 7.5

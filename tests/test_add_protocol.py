@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
+from devkit.helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
 from devkit.pack import pack
 
 layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")

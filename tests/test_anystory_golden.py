@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import GOLDEN_TOLERANCE, assert_close
+from devkit.helpers import GOLDEN_TOLERANCE, assert_close
 from devkit.pack import pack
 
 TOLERANCE = GOLDEN_TOLERANCE

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastcomposer_support import encode_ids, fastcomposer_encoder, sd15_clip
-from helpers import GOLDEN_TOLERANCE, assert_close
+from devkit.helpers import GOLDEN_TOLERANCE, assert_close
 from devkit.pack import pack
 
 TOLERANCE = GOLDEN_TOLERANCE

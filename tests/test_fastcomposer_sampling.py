@@ -18,7 +18,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
-from helpers import encode_text, layout, reference_image
+from devkit.helpers import encode_text, layout, reference_image
 from devkit.pack import pack
 from devkit.tiny_models import tiny_sd15_model, tiny_sdxl_model
 from devkit.tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import GOLDEN_TOLERANCE, assert_close
+from devkit.helpers import GOLDEN_TOLERANCE, assert_close
 from devkit.pack import pack
 
 TOLERANCE = GOLDEN_TOLERANCE

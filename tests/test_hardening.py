@@ -11,7 +11,7 @@ import comfy.model_management
 
 from devkit.server import PromptRefused
 from graphs import two_subject_graph
-from helpers import apply, encode_subjects, encode_text, layout, sample
+from devkit.helpers import apply, encode_subjects, encode_text, layout, sample
 from devkit.pack import pack
 
 injection = pack("attention_patches.injection")

@@ -80,7 +80,7 @@ BOXES = [(0.0, 0.25, 0.4, 0.75), (0.6, 0.25, 1.0, 0.75)]
 
 @pytest.fixture(scope="module")
 def subjects(tiny_vision, tiny_clip):
-    from helpers import encode_subjects
+    from devkit.helpers import encode_subjects
 
     return encode_subjects(tiny_vision, tiny_clip, ["dog", "cat"])
 
@@ -97,7 +97,7 @@ def subjects(tiny_vision, tiny_clip):
     ({"feather": float("nan")}, "feather"),
 ])
 def test_non_finite_or_huge_numbers_are_named_errors_on_apply(tiny_unet, tiny_encoder, subjects, inputs, named):
-    from helpers import apply, layout
+    from devkit.helpers import apply, layout
 
     with pytest.raises(ValueError) as error:
         apply(tiny_unet, tiny_encoder, subjects, layout(BOXES), **inputs)
@@ -105,7 +105,7 @@ def test_non_finite_or_huge_numbers_are_named_errors_on_apply(tiny_unet, tiny_en
 
 
 def test_auto_routing_prompt_longer_than_the_positive_conditioning_is_a_named_error(tiny_unet, tiny_encoder, subjects, tiny_clip):
-    from helpers import apply, layout, sample
+    from devkit.helpers import apply, layout, sample
 
     long_prompt = "a very detailed photograph of a garden, " * 12 + "a dog and a cat"
     model, _ = apply(tiny_unet, tiny_encoder, subjects, layout(BOXES), auto_routing=True, prompt=long_prompt, start_step=1)
@@ -138,7 +138,7 @@ def test_a_non_finite_mask_weight_is_named_on_encode_reference(tiny_vision, tiny
 
 
 def test_an_fp16_reference_encodes_like_fp32(tiny_vision, tiny_clip, tiny_encoder):
-    from helpers import reference_image
+    from devkit.helpers import reference_image
 
     image = reference_image(3)
     half = nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image.half(), phrase="dog",

@@ -8,7 +8,7 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 
-from helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
+from devkit.helpers import AttentionSpy, apply, encode_subjects, layout, plain_attention, sample
 from devkit.pack import pack
 
 layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
@@ -76,7 +76,7 @@ def test_negative_rows_equal_plain_attention(patched, tiny_clip):
 
 
 def test_negative_rows_of_the_whole_unet_equal_the_unpatched_model(patched, tiny_unet, tiny_clip):
-    from helpers import encode_text
+    from devkit.helpers import encode_text
 
     positive, negative = encode_text(tiny_clip, "a dog and a cat"), encode_text(tiny_clip, "blurry")
     x = torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(3))

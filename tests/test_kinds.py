@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import folder_paths
 
-from helpers import apply, encode_subjects, layout, reference_image, sample
+from devkit.helpers import apply, encode_subjects, layout, reference_image, sample
 from devkit.pack import pack
 
 registry = pack("attention_patches.kinds.registry")

@@ -8,7 +8,7 @@ import comfy.patcher_extension
 import comfy.sample
 
 from devkit import anystory_tiny as tiny_flux
-from helpers import layout, reference_image, sample
+from devkit.helpers import layout, reference_image, sample
 from devkit.pack import pack
 
 base = pack("attention_patches.kinds.base")

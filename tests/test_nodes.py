@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import apply, encode_subjects, layout, reference_image
+from devkit.helpers import apply, encode_subjects, layout, reference_image
 from devkit.pack import pack
 
 nodes = pack("nodes")

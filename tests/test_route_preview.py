@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import layout
+from devkit.helpers import layout
 from devkit.pack import pack
 
 nodes = pack("nodes")

@@ -8,7 +8,7 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io
 
-from helpers import AttentionSpy, encode_subjects, layout, plain_attention, sample
+from devkit.helpers import AttentionSpy, encode_subjects, layout, plain_attention, sample
 from devkit.pack import pack
 
 nodes = pack("nodes")

@@ -7,7 +7,7 @@ import torch
 
 import folder_paths
 
-from helpers import reference_image
+from devkit.helpers import reference_image
 from devkit.pack import pack
 
 nodes = pack("nodes")

@@ -8,7 +8,7 @@ import torch
 
 import comfy.ldm.modules.attention  # noqa: F401  (the patch's attention)
 
-from helpers import GOLDEN_TOLERANCE, assert_close
+from devkit.helpers import GOLDEN_TOLERANCE, assert_close
 from devkit.pack import pack
 from devkit.tiny_sd15 import clip_vision_from_config
 

@@ -5,7 +5,7 @@ import torch
 
 import folder_paths
 
-from helpers import layout, reference_image
+from devkit.helpers import layout, reference_image
 from devkit.pack import pack
 from devkit.tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 

@@ -6,7 +6,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 
-from helpers import AttentionSpy, encode_text, layout, plain_attention, reference_image, sample
+from devkit.helpers import AttentionSpy, encode_text, layout, plain_attention, reference_image, sample
 from devkit.pack import pack
 from devkit.tiny_sd15 import MODEL_CHANNELS, save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 

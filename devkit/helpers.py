@@ -7,7 +7,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.sample
 
-from devkit.pack import pack
+from .pack import pack
 
 nodes = pack("nodes")
 patch_mod = pack("attention_patches.patch")
