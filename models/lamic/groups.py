@@ -110,7 +110,9 @@ def token_groups(text: TextLayout, regions: Sequence[torch.Tensor], reference_to
         return row
 
     def target_row(region):
-        return span_row([]).index_put((torch.arange(target) + text.length,), region.bool())
+        row = span_row([])
+        row[text.length:text.length + target] = region
+        return row
 
     groups, full, stage1 = [], [], []
 
