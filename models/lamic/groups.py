@@ -195,14 +195,12 @@ def stage_mask(groups: TokenGroups, stage: int, *, deoverlap: bool = True) -> Cl
 
 def soft_bias(mask: ClassMask, groups: Sequence[Group], strengths: Sequence[float]) -> torch.Tensor:
     """[C, C] float32 additive bias of the soft mode (module docstring): 0 where allowed, log(1 - s) where not."""
-    if any(not 0.0 <= s <= 1.0 for s in strengths):
-        raise ValueError(f"reference strengths must be in [0, 1], got {list(strengths)}")
-    n = len(strengths)
+    n = sum(group.kind == "Ref" for group in groups)
+    if len(strengths) != n or any(not 0.0 <= s <= 1.0 for s in strengths):
+        raise ValueError(f"give one strength in [0, 1] per reference ({n}), got {list(strengths)[:16]}")
     owner = torch.zeros(len(groups), n, dtype=torch.bool)
     for row, group in enumerate(groups):
         if group.kind in REFERENCE_KINDS:
-            if group.reference > n:
-                raise ValueError(f"{group.name} has no strength; {n} were given")
             owner[row, group.reference - 1] = True
     class_refs = (mask.class_groups.float() @ owner.float()) > 0  # [C, n]
     strength = torch.tensor([float(s) for s in strengths])

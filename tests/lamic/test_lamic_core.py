@@ -89,6 +89,9 @@ def test_class_mask_equals_dense_and_definition(case):
         assert torch.equal(dense, brute_force_mask(token_groups, stage, membership))
         assert mask.allowed.any(1).all(), "a class attends to nothing"
         assert mask.allowed.shape[0] == len(set(map(tuple, membership.T.tolist())))
+        refs = len(region_list)
+        uniform = groups_mod.soft_bias(mask, token_groups.groups, [0.3] * refs)
+        assert torch.allclose(uniform, torch.where(mask.allowed, 0.0, math.log1p(-0.3)).float())
     stage2 = groups_mod.stage_mask(token_groups, 2).dense()
     assert torch.equal(stage2, stage2 & groups_mod.stage_mask(token_groups, 2).dense())
     covered_stage1 = token_groups.membership_stage1[[g.kind == "Reg" for g in token_groups.groups]].any(0)
@@ -293,8 +296,9 @@ def test_soft_bias_between_isolation_and_none():
     assert dense[cei, ureg] == float("-inf")  # touches no reference: the strongest of all
     with pytest.raises(ValueError):
         groups_mod.soft_bias(mask, token_groups.groups, [1.5, 1.0])
-    with pytest.raises(ValueError):
-        groups_mod.soft_bias(mask, token_groups.groups, [1.0])
+    for wrong in ([1.0], [1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="one strength"):
+            groups_mod.soft_bias(mask, token_groups.groups, wrong)
 
 
 # --- schedule -----------------------------------------------------------------------------------
