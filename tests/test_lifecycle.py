@@ -57,11 +57,8 @@ def fastcomposer(tmp_path):
 def anystory(tmp_path):
     encoder = pack("attention_patches.kinds.anystory.encoder").AnyStoryEncoder(
         "tiny_anystory.bin", checkpoint.build_weights(safe_load.flatten(tiny_flux.tiny_anystory()), "t"))
-    subjects = []
-    for i, encoding in enumerate(tiny_flux.tiny_encodings(2, ref_grid=4)):
-        subject = base.Subject(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)))
-        subject.encodings[encoder.encoding_key()] = encoding
-        subjects.append(subject)
+    subjects = [encoder.with_encoding(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)), encoding)
+                for i, encoding in enumerate(tiny_flux.tiny_encodings(2, ref_grid=4))]
     patched = encoder.apply(tiny_flux.tiny_flux_model(), tuple(subjects), None, base.ApplySettings())
 
     def run(model):
