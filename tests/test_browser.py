@@ -698,3 +698,117 @@ def test_canvas_palette_matches_route_preview(browser):
 
     backend = ["#%02x%02x%02x" % rgb for rgb in pack("attention_patches.route_preview").PALETTE]
     assert _canvas_module_constants(browser)["palette"] == backend
+
+
+# ------------------------------------------------------------------ undo / redo
+
+ADD_LATENT = SHOW_NODE + """
+const latent = LiteGraph.createNode('EmptyLatentImage');
+latent.pos = [560, 200];
+app.graph.add(latent);
+await app.loadGraphData(app.graph.serialize());  // a fresh workflow: its undo history starts here
+await showNode(app.graph.getNodeById(args[0]));
+return latent.id;
+"""
+
+VISIBLE_EDITOR = EDITOR + """
+// the editor canvas the artist sees and drags: in Nodes 2.0 the one inside the node's shell; on the
+// LiteGraph canvas the DOM widget overlay's; and whether it is the node's own editor
+const shell = document.querySelector(`.lg-node[data-node-id="${node.id}"]`);
+const seen = LiteGraph.vueNodesMode
+  ? shell?.querySelector('canvas.msp-layout-canvas')
+  : [...document.querySelectorAll('canvas.msp-layout-canvas')].find((c) => c.isConnected && c.offsetParent !== null);
+const own = canvasWidget.element.querySelector('canvas.msp-layout-canvas');
+const r = seen?.getBoundingClientRect();
+return {own: seen === own, connected: own.isConnected,
+        rect: r && {left: r.left, top: r.top, width: r.width, height: r.height}};
+"""
+
+
+def press(driver, *keys):
+    """A real key chord (e.g. Ctrl+Z) sent to whatever has the focus."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chain = ActionChains(driver)
+    for key in keys[:-1]:
+        chain.key_down(key)
+    chain.send_keys(keys[-1])
+    for key in reversed(keys[:-1]):
+        chain.key_up(key)
+    chain.perform()
+
+
+def visible_canvas(driver, node_id):
+    """The rect of the editor canvas on screen, once laid out (see VISIBLE_EDITOR)."""
+    return wait_for(lambda: (v := js(driver, VISIBLE_EDITOR, node_id))["rect"] and v["rect"]["width"] > 100 and v,
+                    message="the visible layout canvas")
+
+
+def assert_run_sends_what_the_canvas_shows(driver, node_id, expected):
+    """The API prompt the Run button builds carries the STRING, which is what the node's canvas draws."""
+    state = debug(driver, node_id)
+    prompt = js(driver, "return (await app.graphToPrompt()).output;")
+    sent = json.loads(prompt[str(node_id)]["inputs"]["boxes"])
+    shown = [{k: b[k] for k in ("x1", "y1", "x2", "y2", "label")} for b in state["rendered"]]
+    assert sent == shown == expected, {"sent": sent, "shown": shown, "expected": expected}
+
+
+def drag_box_by(driver, node_id, index, dx, dy):
+    """Drag box `index` on the canvas the artist sees by (dx, dy) image fractions; its expected new value."""
+    seen = visible_canvas(driver, node_id)
+    box = boxes_value(driver, node_id)[index]
+    middle = ((box["x1"] + box["x2"]) / 2, (box["y1"] + box["y2"]) / 2)
+    mouse_drag(driver, seen["rect"], middle, (middle[0] + dx, middle[1] + dy))
+    return seen
+
+
+def test_box_edits_after_undo_and_redo_reach_what_run_sends(browser, renderer):
+    """Edit, Ctrl+Z (also of an unrelated change), Ctrl+Y, edit again: the STRING, the canvas and the prompt agree."""
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    latent = js(driver, ADD_LATENT, node)
+    canvas_rect(driver, node)
+    js(driver, EDITOR + "boxesWidget.value = args[1];", node, json.dumps([
+        {"x1": 0.0625, "y1": 0.125, "x2": 0.375, "y2": 0.75, "label": "dog"},
+        {"x1": 0.5625, "y1": 0.125, "x2": 0.875, "y2": 0.75, "label": "cat"}]))
+    js(driver, "app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();")
+    width_of_latent = "return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'width').value;"
+
+    # move the dog, then an unrelated change (Empty Latent's width), then Ctrl+Z: only the width goes back
+    drag_box_by(driver, node, 0, 0.0625, 0.125)
+    wait_for(lambda: boxes_value(driver, node)[0]["x1"] > 0.1, message="the moved dog in the STRING")
+    moved = boxes_value(driver, node)
+    js(driver, """
+        const w = app.graph.getNodeById(args[0]).widgets.find((x) => x.name === 'width');
+        w.value = 640; w.callback?.(640);
+        app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();
+    """, latent)
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: js(driver, width_of_latent, latent) == 512, message="Ctrl+Z to undo the width change")
+    assert boxes_value(driver, node) == moved
+    assert_run_sends_what_the_canvas_shows(driver, node, moved)
+
+    # after that undo, the canvas on screen is the node's own, and an edit on it is what Run sends
+    seen = drag_box_by(driver, node, 1, -0.0625, 0.125)
+    assert seen["own"] and seen["connected"], f"{renderer}: after Ctrl+Z the visible canvas is not the node's editor: {seen}"
+    wait_for(lambda: boxes_value(driver, node)[1]["y1"] > 0.2, message="the moved cat in the STRING after Ctrl+Z")
+    cat_moved = boxes_value(driver, node)
+    assert cat_moved[0] == moved[0]
+    assert_run_sends_what_the_canvas_shows(driver, node, cat_moved)
+
+    # Ctrl+Z undoes that move, Ctrl+Y redoes it, and the canvas follows both
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: boxes_value(driver, node) == moved, message="Ctrl+Z to undo the cat's move")
+    assert_run_sends_what_the_canvas_shows(driver, node, moved)
+    press(driver, Keys.CONTROL, "y")
+    wait_for(lambda: boxes_value(driver, node) == cat_moved, message="Ctrl+Y to redo the cat's move")
+    assert_run_sends_what_the_canvas_shows(driver, node, cat_moved)
+
+    # one more edit after the redo, on the canvas the artist sees
+    seen = drag_box_by(driver, node, 0, 0.125, 0.0)
+    assert seen["own"] and seen["connected"], f"{renderer}: after Ctrl+Y the visible canvas is not the node's editor: {seen}"
+    wait_for(lambda: boxes_value(driver, node)[0]["x1"] > moved[0]["x1"] + 0.1, message="the dog moved after Ctrl+Y")
+    final = boxes_value(driver, node)
+    assert final[1] == cat_moved[1]
+    assert_run_sends_what_the_canvas_shows(driver, node, final)
+    assert not severe_logs(driver, EXTENSION_FILE)

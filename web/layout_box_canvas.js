@@ -35,6 +35,7 @@ app.registerExtension({
       const editor = this.mspLayout;
       if (!editor) return;
       editor.sync(true);
+      editor.takeOverStaleEditor();
       // A workflow saved with a preset: its boxes become the drawn boxes (same result when run).
       const preset = editor.presetWidget?.value;
       if (isPreset(preset) && !editor.isLinked("preset")) {
@@ -59,5 +60,6 @@ app.registerExtension({
 
   loadedGraphNode(node) {
     node.mspLayout?.sync(true);
+    node.mspLayout?.takeOverStaleEditor();
   },
 });

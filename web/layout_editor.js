@@ -44,6 +44,7 @@ export class LayoutEditor {
     this.renderKey = "";
     this.cssW = 0;
     this.cssH = 0;
+    this.disposed = false; // the node was removed (undo / redo rebuilds nodes)
     this.json = new JsonView((text) => this.onJsonEdit(text));
     this.buildDom();
     this.interaction = new CanvasInteraction(this);
@@ -63,6 +64,25 @@ export class LayoutEditor {
     this.resizeObserver = new ResizeObserver(() => this.fit());
     this.resizeObserver.observe(this.stage);
     this.sync(true);
+  }
+
+  /**
+   * Nodes 2.0 keeps a node's component when undo / redo rebuilds the graph (same node id) and with it
+   * the element of the replaced node's editor, whose edits would reach the old node only: put this
+   * editor's element in its place. Called after configure and once more on the next frames.
+   */
+  takeOverStaleEditor() {
+    const swap = () => {
+      if (!vueNodesMode() || this.disposed || this.root.isConnected || this.node.graph !== app.canvas?.graph) return;
+      const shell = document.querySelector(`.lg-node[data-node-id="${CSS.escape(String(this.node.id))}"]`);
+      const stale = shell?.querySelector(".msp-layout");
+      if (stale && stale !== this.root) stale.replaceWith(this.root);
+    };
+    swap();
+    requestAnimationFrame(() => {
+      swap();
+      requestAnimationFrame(swap);
+    });
   }
 
   // ---------------------------------------------------------------- widgets / the STRING
@@ -508,6 +528,7 @@ export class LayoutEditor {
   }
 
   dispose() {
+    this.disposed = true;
     this.resizeObserver?.disconnect();
   }
 }
