@@ -812,3 +812,100 @@ def test_box_edits_after_undo_and_redo_reach_what_run_sends(browser, renderer):
     assert final[1] == cat_moved[1]
     assert_run_sends_what_the_canvas_shows(driver, node, final)
     assert not severe_logs(driver, EXTENSION_FILE)
+
+
+def test_a_typed_label_is_one_undo_step(browser, renderer):
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    rect = canvas_rect(driver, node)
+    js(driver, EDITOR + "boxesWidget.value = args[1];", node, json.dumps([
+        {"x1": 0.0625, "y1": 0.125, "x2": 0.375, "y2": 0.75, "label": "dog"},
+        {"x1": 0.5625, "y1": 0.125, "x2": 0.875, "y2": 0.75, "label": "cat"}]))
+    js(driver, "app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();")
+    before = boxes_value(driver, node)
+    click_at(driver, *at(rect, 0.2, 0.4))
+    wait_for(lambda: debug(driver, node)["selected"] == 0, message="box 1 selected by a click")
+    label = element(driver, node, "input.msp-layout-label")
+    label.click()
+    label.send_keys(Keys.CONTROL, "a")
+    label.send_keys("puppy")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"] == "puppy", message="the typed label in the STRING")
+    typed = boxes_value(driver, node)
+    click_at(driver, *at(rect, 0.45, 0.9))  # done typing: a click on the canvas, then the graph's undo
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"] != "puppy", message="Ctrl+Z after typing a label")
+    assert boxes_value(driver, node) == before, "one Ctrl+Z undoes the whole label, not one character"
+    press(driver, Keys.CONTROL, "y")
+    wait_for(lambda: boxes_value(driver, node) == typed, message="Ctrl+Y to bring the label back")
+    assert_run_sends_what_the_canvas_shows(driver, node, typed)
+
+
+def test_the_json_view_keeps_the_node_inside_its_group(browser, renderer):
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    workflow = js(driver, "return app.graph.serialize();")
+    saved = next(n for n in workflow["nodes"] if n["id"] == node)
+    saved["size"] = [560, 520]  # as in the examples, in a group just around it
+    workflow["groups"] = [{"id": 1, "title": "Layout", "bounding": [-10, -72, 580, 602], "color": "#3f789e", "font_size": 24, "flags": {}}]
+    load_workflow(driver, workflow, node)
+    canvas_rect(driver, node)
+    size = js(driver, EDITOR + "return [...node.size];", node)
+    canvas_before = debug(driver, node)["canvasCss"]
+    inside_group = EDITOR + """
+        const g = app.graph.groups[0].boundingRect;
+        const [x, y, w, h] = node.boundingRect;
+        return x >= g[0] && y >= g[1] && x + w <= g[0] + g[2] && y + h <= g[1] + g[3];
+    """
+    assert js(driver, inside_group, node)
+
+    element(driver, node, "button.msp-layout-json").click()
+    text_view = element(driver, node, "textarea.msp-layout-json-text")
+    wait_for(lambda: text_view.is_displayed() and text_view.size["height"] > 90, message="the JSON view")
+    show_node(driver, node)
+    assert js(driver, EDITOR + "return [...node.size];", node) == size, "opening the JSON view resized the node"
+    assert js(driver, inside_group, node), "opening the JSON view grew the node out of its group"
+    assert_editor_fits_node(driver, node, "the JSON view in a node of the examples' size")
+    canvas_with_json = debug(driver, node)["canvasCss"]
+    assert 40 <= canvas_with_json[1] < canvas_before[1]  # the canvas gives the JSON view its room
+    element(driver, node, "button.msp-layout-json").click()
+    wait_for(lambda: not text_view.is_displayed(), message="the JSON view hidden")
+    wait_for(lambda: debug(driver, node)["canvasCss"] == canvas_before, message="the canvas back to its size")
+    assert js(driver, EDITOR + "return [...node.size];", node) == size
+
+
+def test_a_pasted_node_over_the_original_never_covers_the_original_in_front(browser, renderer):
+    """Paste a copy overlapping the node, bring the original to the front: its label row is its own to click and type in."""
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    rect = canvas_rect(driver, node)
+    click_at(driver, *at(rect, 0.2, 0.4))
+    wait_for(lambda: debug(driver, node)["selected"] == 0, message="box 1 selected by a click")
+    label_row = js(driver, EDITOR + """
+        const r = canvasWidget.element.querySelector('input.msp-layout-label').getBoundingClientRect();
+        return {x: r.left + r.width / 2, y: r.top + r.height / 2};
+    """, node)
+    # the copy's top edge a little above the original's label row (graph units = CSS px at zoom 1)
+    copy = js(driver, EDITOR + """
+        const before = new Set(app.graph.nodes.map((n) => n.id));
+        app.canvas.copyToClipboard([node]);
+        const top = (args[1] - app.canvas.canvas.getBoundingClientRect().top) / app.canvas.ds.scale - app.canvas.ds.offset[1] - 40;
+        app.canvas.pasteFromClipboard({position: [node.pos[0] + 60, top]});
+        return app.graph.nodes.find((n) => !before.has(n.id)).id;
+    """, node, label_row["y"])
+    wait_for(lambda: len(debug(driver, copy)["rendered"]) == 2, message="the pasted node's canvas")
+    # a click on the original's title selects it: it is in front (the copy was, being pasted last)
+    title = js(driver, NODE_AND_EDITOR, node)["node"]
+    click_at(driver, title["left"] + 60, title["top"] + (12 if renderer == "nodes2" else -15))
+    wait_for(lambda: js(driver, "return Object.keys(app.canvas.selected_nodes ?? {}).map(Number);") == [node],
+             message="the original selected")
+    js(driver, "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
+    hit = js(driver, EDITOR + """
+        const e = document.elementFromPoint(args[1], args[2]);
+        return {own: canvasWidget.element.contains(e), what: e && (e.className || e.tagName)};
+    """, node, label_row["x"], label_row["y"])
+    screenshot(driver, f"layout_pasted_overlap_{renderer}")
+    assert hit["own"], f"{renderer}: the original's label row is covered by {hit}"
+    click_at(driver, label_row["x"], label_row["y"])
+    driver.switch_to.active_element.send_keys("x")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"].endswith("x"), message="typing into the original's label")
+    assert not boxes_value(driver, copy)[0]["label"].endswith("x")

@@ -53,6 +53,14 @@ app.registerExtension({
       this.mspLayout?.render();
     });
 
+    chainCallback(nodeType.prototype, "onSelected", function () {
+      this.mspLayout?.showSelected(true);
+    });
+
+    chainCallback(nodeType.prototype, "onDeselected", function () {
+      this.mspLayout?.showSelected(false);
+    });
+
     chainCallback(nodeType.prototype, "onRemoved", function () {
       this.mspLayout?.dispose();
     });
