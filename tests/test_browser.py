@@ -909,3 +909,59 @@ def test_a_pasted_node_over_the_original_never_covers_the_original_in_front(brow
     driver.switch_to.active_element.send_keys("x")
     wait_for(lambda: boxes_value(driver, node)[0]["label"].endswith("x"), message="typing into the original's label")
     assert not boxes_value(driver, copy)[0]["label"].endswith("x")
+
+
+# ------------------------------------------------------------------ notes
+
+NOTE_GRAPH = SHOW_NODE + """
+app.graph.clear();
+await frames(2);
+const note = LiteGraph.createNode('MarkdownNote');
+note.pos = [0, 0];
+note.size = [420, 200];
+note.color = '#432';  // the examples' note colours
+note.bgcolor = '#653';
+note.widgets[0].value = args[0];
+app.graph.add(note);
+await app.loadGraphData(app.graph.serialize());
+await showNode(app.graph.getNodeById(note.id), 1.5);
+return note.id;
+"""
+
+
+def relative_luminance(rgb) -> float:
+    def channel(c):
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a, b) -> float:
+    high, low = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_model_file_names_in_notes_are_readable(browser, renderer):
+    """The examples' notes name model files as inline code: text and chip keep a contrast of at least 4.5 (WCAG AA)."""
+    import io
+
+    from PIL import Image
+
+    driver = browser
+    js(driver, NOTE_GRAPH, "Put `ms_adapter_sdxl.safetensors` in `models/msdiffusion/`.")
+    rect = wait_for(lambda: js(driver, """
+        const code = [...document.querySelectorAll('.widget-markdown code, .comfy-markdown code')].find((c) => c.offsetParent);
+        const r = code?.getBoundingClientRect();
+        return r && r.width > 20 ? {left: r.left, top: r.top, right: r.right, bottom: r.bottom} : null;
+    """), message="the note's inline code on screen")
+    js(driver, "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    chip = shot.crop((round(rect["left"]) + 1, round(rect["top"]) + 1, round(rect["right"]) - 1, round(rect["bottom"]) - 1))
+    pixels = list(chip.getdata())
+    background = max(set(pixels), key=pixels.count)  # the chip: the most common colour in its box
+    text = max(pixels, key=lambda p: abs(relative_luminance(p) - relative_luminance(background)))
+    ratio = contrast_ratio(text, background)
+    screenshot(driver, f"note_code_{renderer}")
+    assert ratio >= 4.5, f"{renderer}: inline code {text} on {background}: contrast {ratio:.2f} < 4.5"

@@ -1,7 +1,8 @@
 // Interactive box canvas for "Draw Layout Box" (MSP_DrawLayoutBox).
 //
-// Every .js file under web/ is loaded by the frontend as an extension module; this one and
-// node_search_words.js (the pack's search words) register extensions. The layout_*.js files are
+// Every .js file under web/ is loaded by the frontend as an extension module; this one,
+// node_search_words.js (the pack's search words) and note_code_contrast.js (readable inline code in
+// notes) register extensions. The layout_*.js files are
 // side-effect-free helpers this one imports:
 //   layout_boxes.js      the boxes as data (parse / serialize / presets / label cap / geometry)
 //   layout_drawing.js    drawing on the 2D canvas (bounded text fitting)
