@@ -156,6 +156,8 @@ class LamicEncoder(SubjectEncoder):
         if all(encoded):
             latent_format = model.model.latent_format
             references = [latent_format.process_in(e.latent) for e in encodings]
+        if adapter.text_tokens is not None:  # a text over the model's tokens is refused here, before sampling
+            adapter.text_layout(sads, cei, adapter.text_tokens, own["official"])
         strengths = self.strengths(settings, count)
         masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
                            own["official"])
@@ -164,6 +166,16 @@ class LamicEncoder(SubjectEncoder):
         patched = model.clone()
         patch.install(patched)
         return patched
+
+    def binding_notes(self, subjects, layout) -> list[str]:
+        """Which reference goes in which box, for the Apply node (reference i = Encode Reference i = ReferenceLatent i)."""
+        notes = []
+        for number, subject in enumerate(subjects, start=1):
+            box = layout.boxes[number - 1] if layout is not None and number <= len(layout.boxes) else None
+            where = "no box" if box is None else f"box {number}" + (f" {quoted(box.label[:40])}" if box.label else "")
+            notes.append(f"reference {number} ({quoted(subject.phrase[:40])}; the conditioning's ReferenceLatent "
+                         f"{number} when Encode Reference has no VAE) -> {where}")
+        return notes
 
     @staticmethod
     def cei(sads: list[str], prompt: str) -> str:

@@ -32,6 +32,7 @@ class FamilyAdapter(ABC):
 
     family: ClassVar[str]  # for messages, e.g. "FLUX.1 Kontext [dev]"
     patch_size: ClassVar[int] = 2  # latent pixels per token side
+    text_tokens: ClassVar[int | None] = None  # the fixed text length the groups address (checked on Apply), if any
 
     @classmethod
     @abstractmethod
