@@ -153,3 +153,23 @@ def test_named_errors(kontext, lamic, tiny):
         apply(lamic, kontext, prompt="a dog in a park")
     with pytest.raises(SetupError, match="FLUX.1 Kontext"):
         apply(lamic, tiny.tiny_sd15_model())
+
+
+def test_preview_measures_each_references_in_box_share(kontext, lamic):
+    """With the preview connected the model's own attention is measured: LAMIC keeps reference i inside box i."""
+    recorder_mod = pack("attention_patches.recorder")
+    preview = pack("nodes.router_mask_preview")
+    plan_mod = pack("attention_patches.route_preview")
+    positive = conditioning(1, raw_references())
+    shares = {}
+    for name, scales in (("lamic", None), ("free", (0.0, 0.0))):
+        recorder = recorder_mod.RouteRecorder()
+        model = lamic.apply(kontext, subjects(), layout(), base.ApplySettings(prompt=PROMPT, subject_scales=scales), recorder)
+        sample(model, positive)
+        assert recorder.steps == [0, 1, 2, 3] and recorder.layers == ["double_blocks.1"]
+        plan = plan_mod.RoutePlan(layout(), PHRASES, lamic.preview_downscales, 0.0, recorder)
+        shares[name] = pack("attention_patches.dit.attention_share").shares_by_step_range(recorder, layout().tensor())
+        notes = preview.attention_share_notes(plan)
+        assert len(notes) == 2 and notes[0].startswith("in-box attention share, steps 1-2: 1 a corgi ")
+    assert all(float(s.min()) >= 0.999 for _, _, s in shares["lamic"])
+    assert all(float(s.max()) < 0.95 for _, _, s in shares["free"])

@@ -32,7 +32,7 @@ from ...dit.token_layout import TokenLayout
 from ..base import ApplySettings, Capabilities, Reference, Setting, SubjectEncoder, SubjectSetupError, encodings_of
 from . import kontext  # noqa: F401  (registers the Kontext adapter)
 from .families import adapter_for
-from .patch import LamicPatch, Window
+from .patch import AttentionShareProbe, LamicPatch, Window
 
 log = logging.getLogger("comfyui_multisubject.lamic")
 
@@ -99,7 +99,8 @@ class LamicEncoder(SubjectEncoder):
                     "e.g. '2: 1; 3: 1, 2'"),
         ),
     )
-    preview_downscales = (2,)
+    preview_downscales = (2,)  # one token per 2x2 latent pixels
+    learned_routes = True  # previewed: where each reference's attention went, measured while sampling
 
     def __init__(self):
         self.name = self.builtin_name
@@ -162,7 +163,8 @@ class LamicEncoder(SubjectEncoder):
         masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
                            own["official"])
         patch = LamicPatch(adapter, count, masks, own["first_stage_ratio"], parse_factors(own["enhance_factors"], count),
-                           references, Window(settings.start_percent, settings.end_percent))
+                           references, Window(settings.start_percent, settings.end_percent),
+                           AttentionShareProbe(recorder) if recorder is not None else None)
         patched = model.clone()
         patch.install(patched)
         return patched
