@@ -144,7 +144,7 @@ class LamicEncoder(SubjectEncoder):
         if len(layout.boxes) != count:
             raise SubjectSetupError(f"the layout has {len(layout.boxes)} box(es) for {count} reference(s); draw one box per "
                                     "Encode Reference, in the same order")
-        if settings.auto is not None:
+        if settings.auto_routing:
             raise SubjectSetupError("LAMIC routes by its layout masks; turn auto_routing off")
         encodings = encodings_of(self, tuple(subjects))
         sads = [e.sad for e in encodings]
