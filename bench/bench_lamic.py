@@ -65,19 +65,19 @@ def attention_section(args, device, dtype):
 
     masked = pack("attention_patches.dit.masked_attention")
     heads, dim = (24, 128) if device.type == "cuda" else (2, 64)
-    cases = [("2 refs at 512x512, 1024x1024 target", (64, 64), [(32, 32)] * 2)]
+    functions = {"pytorch": comfy_attention.attention_pytorch.__wrapped__, "sub_quad": comfy_attention.attention_sub_quad.__wrapped__}
+    cpu_backends = ("pytorch",) if device.type == "cuda" else ("pytorch", "sub_quad")
+    # (label, target grid, reference grids, backends, rounds): the 1 MP case is one call of ~10 s per variant on 2 CPU cores
+    cases = [("2 refs at 512x512, 1024x1024 target", (64, 64), [(32, 32)] * 2, cpu_backends, 3 if args.quick else 5)]
     if not args.quick:
-        cases.append(("4 refs at 1024x1024, 1024x1024 target", (64, 64), [(64, 64)] * 4))
-    backends = {"pytorch": comfy_attention.attention_pytorch.__wrapped__}
-    if device.type != "cuda":
-        backends["sub_quad"] = comfy_attention.attention_sub_quad.__wrapped__
+        cases.append(("4 refs at 1024x1024, 1024x1024 target", (64, 64), [(64, 64)] * 4, ("pytorch",), 2))
     rows, records = [], []
-    for label, target, refs in cases:
+    for label, target, refs, backends, rounds in cases:
         stages = {stage: lamic_classes(target, refs, FOUR_BOXES, stage)[0] for stage in (1, 2)}
         tokens = stages[1].tokens
         q, k, v = torch.randn(3, 1, heads, tokens, dim, device=device, dtype=dtype).unbind(0)
-        for name, func in backends.items():
-            def call(classes=None, func=func):
+        for name in backends:
+            def call(classes=None, func=functions[name]):
                 with torch.no_grad():
                     if classes is None:
                         out = func(q, k, v, heads, skip_reshape=True)
@@ -89,7 +89,7 @@ def attention_section(args, device, dtype):
                 return out
 
             timings = interleaved({"unmasked": call, "stage 1": lambda: call(stages[1]), "stage 2": lambda: call(stages[2])},
-                                  rounds=args.rounds or (3 if args.quick else 5), inner=2, progress=f"{label} {name}")
+                                  rounds=args.rounds or rounds, inner=2 if rounds > 2 else 1, progress=f"{label} {name}")
             for variant in ("stage 1", "stage 2"):
                 value = timings.ratio(variant, "unmasked")
                 records.append({"case": label, "tokens": tokens, "backend": name, "mask": variant, "ratio": value,

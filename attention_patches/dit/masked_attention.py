@@ -166,7 +166,10 @@ def masked_attention(attend: Callable, func, q, k, v, heads: int, classes: Token
         k_g = k if group.keys is None else k.index_select(seq_dim, group.keys)
         v_g = v if group.keys is None else v.index_select(seq_dim, group.keys)
         bias = _group_bias(group, mask, q.dtype)
-        result = attend(func, q_g, k_g, v_g, heads, *rest, mask=bias, **kwargs)
+        if rest:  # the mask was positional, with more positional arguments after it
+            result = attend(func, q_g, k_g, v_g, heads, bias, *rest, **kwargs)
+        else:
+            result = attend(func, q_g, k_g, v_g, heads, mask=bias, **kwargs)
         if out is None:
             shape = list(result.shape)
             shape[out_dim] = q.shape[seq_dim]
