@@ -173,3 +173,15 @@ def test_preview_measures_each_references_in_box_share(kontext, lamic):
         assert len(notes) == 2 and notes[0].startswith("in-box attention share, steps 1-2: 1 a corgi ")
     assert all(float(s.min()) >= 0.999 for _, _, s in shares["lamic"])
     assert all(float(s.max()) < 0.95 for _, _, s in shares["free"])
+
+
+def test_a_lora_in_the_graph_stays_applied(kontext, lamic):
+    """LAMIC clones whatever MODEL it gets: a LoRA (weight patch) applied before Apply still acts."""
+    key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    weight = kontext.model.state_dict()[key]
+    with_lora = kontext.clone()
+    with_lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)) * 0.5,)}, 1.0)
+    positive = conditioning(1, raw_references())
+    patched = apply(lamic, with_lora)
+    assert key in patched.patches
+    assert (sample(patched, positive, steps=2) - sample(apply(lamic, kontext), positive, steps=2)).abs().max() > 1e-3
