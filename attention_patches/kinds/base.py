@@ -1,6 +1,6 @@
 """The encoder-kind seam: what every kind of subject encoder gives the five nodes.
 
-A kind (MS-Diffusion on SDXL, SSR-Encoder on SD1.5, ...) recognises its checkpoint by its
+A kind (one method on one base model, e.g. MS-Diffusion on SDXL) recognises its checkpoint by its
 keys, loads it, encodes a reference, checks and patches a MODEL, and owns its layer map. The
 nodes and the generic glue (the attn2 chain, the per-run wrapper, routing, layouts, previews)
 only ever talk to this interface, so a new kind is a new folder plus one line in the registry.
