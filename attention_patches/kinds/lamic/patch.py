@@ -20,7 +20,8 @@ import torch
 import comfy.patcher_extension
 
 from ....models.lamic.schedule import stage_of_step
-from ...dit.masked_attention import CLASSES_KEY, TokenClasses
+from ...dit import masked_attention
+from ...dit.masked_attention import TokenClasses
 from ...dit.token_layout import TokenLayout
 from ...patch import sampling_step
 from ..base import SubjectSetupError
@@ -124,14 +125,10 @@ class LamicPatch:
         refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
         stage = stage_of_step(step, steps, self.first_stage_ratio)
         layout = self.adapter.token_layout(x, context, refs)
-        transformer_options[CLASSES_KEY] = self.classes(layout, stage)
+        classes = self.classes(layout, stage)
         self.stages_seen.append(stage)
-        try:
-            with self.adapter.id_context():
-                return executor(x, timestep, context, y, guidance, refs, control, transformer_options,
-                                **self.adapter.call_kwargs(kwargs))
-        finally:
-            transformer_options.pop(CLASSES_KEY, None)
+        with masked_attention.restricted(transformer_options, classes), self.adapter.id_context():
+            return executor(x, timestep, context, y, guidance, refs, control, transformer_options, **self.adapter.call_kwargs(kwargs))
 
 
 class AttentionShareProbe:
