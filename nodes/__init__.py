@@ -6,7 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply_attention import ApplyMultiSubjectAttention
 from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
+from ..attention_patches.kinds.registry import KINDS
 from .encode_reference import EncodeReference
+from .kind_settings import settings_nodes
 from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
 from .route_capture import register_prompt_handler
@@ -23,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     DrawLayoutBox,
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
+    *settings_nodes(KINDS),
 )]
 
 

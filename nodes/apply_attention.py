@@ -9,9 +9,10 @@ from ..attention_patches.phrase_tokens import PhraseNotFoundError, locate_phrase
 from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
 from ..models.safe_text import quoted
+from .kind_settings import checked_kind_settings
 from .route_capture import routes_consumed
 from .subject_warnings import positive_prompts, show_warnings, subject_warnings
-from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
+from .types import CATEGORY, SEARCHABLE, KindSettingsSocket, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
 
 NODE_NAME = "Apply Multi-Subject Attention"
 
@@ -71,6 +72,9 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
                              "takes over once this many steps have been seen"),
                 io.Float.Input("feather", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
                                tooltip="soft box edges, in latent pixels (0 = exact MS-Diffusion boxes)"),
+                KindSettingsSocket.Input("kind_settings", optional=True,
+                                         tooltip="the subject encoder's own settings, from its kind's Settings node "
+                                         "(the kind's defaults when not connected)"),
             ],
             outputs=[io.Model.Output(display_name="model"), RoutesSocket.Output(display_name="routes")],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
@@ -79,7 +83,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, subject_encoder, subjects, scale: float, start_percent: float, end_percent: float,
                 drop_grounding: bool, layout=None, subject_scales: str = "", auto_routing: bool = False, prompt: str = "",
-                mask_threshold: float = 0.5, start_step: int = 5, feather: float = 0.0) -> io.NodeOutput:
+                mask_threshold: float = 0.5, start_step: int = 5, feather: float = 0.0, kind_settings=None) -> io.NodeOutput:
         phrases = [s.phrase for s in subjects]
         auto = None
         if auto_routing:
@@ -88,6 +92,10 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         previewed = routes_consumed(hidden.prompt, hidden.unique_id) if hidden is not None else False
         # box routes are known without sampling; auto and learned routes are recorded while sampling
         recorder = RouteRecorder() if previewed and (auto is not None or subject_encoder.learned_routes) else None
+        try:
+            own_settings = checked_kind_settings(subject_encoder, kind_settings)
+        except SubjectSetupError as e:
+            raise SubjectSetupError(f"{NODE_NAME}: {e}") from None
         settings = ApplySettings(
             scale=scale,
             subject_scales=parse_subject_scales(subject_scales),
@@ -97,6 +105,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             feather=feather,
             auto=auto,
             prompt=prompt,
+            kind_settings=own_settings,
         )
         try:
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import Reference, Subject, SubjectSetupError
 from ..attention_patches.layout import parse_single_box
-from ..attention_patches.references import checked_phrase, segment_views, split_reference
+from ..attention_patches.references import checked_description, checked_phrase, segment_views, split_reference
 from .paths import SAM_FOLDER
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket, SubjectsSocket
 
@@ -57,6 +57,9 @@ class EncodeReference(io.ComfyNode):
                 io.Float.Input("mask_weight", default=5.0, min=0.0, max=20.0, step=0.1, optional=True,
                                tooltip="for kinds that pick the subject inside the reference by the mask (SSR-Encoder): "
                                "how strongly the mask picks it (official default 5; its mask demo uses 1)"),
+                io.String.Input("description", default="", multiline=True, optional=True,
+                                tooltip="a description of the subject, for kinds that condition each reference on its "
+                                "own text (empty for the others)"),
             ],
             outputs=[
                 SubjectsSocket.Output(display_name="subjects"),
@@ -67,15 +70,16 @@ class EncodeReference(io.ComfyNode):
     @classmethod
     def execute(cls, image, phrase: str, clip=None, clip_vision=None, mask=None, subjects=None,
                 background_removal: str = NO_BACKGROUND_REMOVAL, sam_box: str = "", subject_encoder=None, vae=None,
-                query: str = "", mask_weight: float = 5.0) -> io.NodeOutput:
+                query: str = "", mask_weight: float = 5.0, description: str = "") -> io.NodeOutput:
         phrase, query = checked_phrase(phrase), checked_phrase(query, "query", optional=True)
+        description = checked_description(description)
         rgb, subject_mask = split_reference(image, mask)
         if background_removal != NO_BACKGROUND_REMOVAL:
             box = parse_single_box(sam_box, "sam_box") if sam_box.strip() else None
             subject_mask = segment_views(folder_paths.get_full_path_or_raise(SAM_FOLDER, background_removal), rgb, box, subject_mask)
         reference = Reference(phrase, rgb.float().cpu(), None if subject_mask is None else subject_mask.float().cpu(),
                               clip_vision=clip_vision, clip=clip, vae=vae, query=query,
-                              mask_weight=mask_weight)
+                              mask_weight=mask_weight, description=description)
         subject = Subject(reference)
         if subject_encoder is not None:
             try:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -30,6 +31,102 @@ class SubjectSetupError(ValueError):
     """Inputs that cannot work together; the message names the problem and the fix."""
 
 
+REFERENCE_INPUTS = frozenset({"clip_vision", "clip", "vae", "mask", "query", "mask_weight", "description"})
+SETTING_TYPES = ("FLOAT", "INT", "BOOLEAN", "STRING", "COMBO")
+MAX_SETTING_TEXT = 2000  # characters of a STRING setting: bounded work whatever is typed or sent
+NO_SETTINGS: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One of a kind's own settings: a widget of its generated settings node, validated by its declaration."""
+
+    name: str
+    type: Literal["FLOAT", "INT", "BOOLEAN", "STRING", "COMBO"]
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] = ()
+    tooltip: str = ""
+
+    def __post_init__(self):
+        """A declaration that could not be validated (unbounded number, default out of range) fails at import."""
+        if not self.name.isidentifier():
+            raise TypeError(f"setting name {self.name!r} must be an identifier (it is a widget name in saved workflows)")
+        if self.type not in SETTING_TYPES:
+            raise TypeError(f"setting {self.name}: type {self.type!r} is not one of {', '.join(SETTING_TYPES)}")
+        if self.type in ("FLOAT", "INT") and (self.min is None or self.max is None):
+            raise TypeError(f"setting {self.name}: a number needs min and max")
+        if self.type == "COMBO" and not self.options:
+            raise TypeError(f"setting {self.name}: a COMBO needs options")
+        self.checked(self.default)
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values, in the words of an error message."""
+        if self.type in ("FLOAT", "INT"):
+            return f"a{'n integer' if self.type == 'INT' else ' finite number'} from {self.min:g} to {self.max:g}"
+        if self.type == "COMBO":
+            return "one of " + ", ".join(quoted(option) for option in self.options[:20])
+        if self.type == "BOOLEAN":
+            return "true or false"
+        return f"text of at most {MAX_SETTING_TEXT} characters"
+
+    def checked(self, value: Any) -> Any:
+        """``value`` if it is allowed, else a SubjectSetupError naming this setting and what it allows."""
+        if self.type == "FLOAT":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and self.min <= value <= self.max
+            value = float(value) if ok else value
+        elif self.type == "INT":
+            ok = isinstance(value, int) and not isinstance(value, bool) and self.min <= value <= self.max
+        elif self.type == "BOOLEAN":
+            ok = isinstance(value, bool)
+        elif self.type == "STRING":
+            ok = isinstance(value, str) and len(value) <= MAX_SETTING_TEXT
+        else:
+            ok = isinstance(value, str) and value in self.options
+        if not ok:
+            shown = quoted(value) if isinstance(value, str) else f"{value!r:.40}"
+            raise SubjectSetupError(f"setting '{self.name}' must be {self.allowed}, got {shown}")
+        return value
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind needs and uses: the nodes validate, warn and build its settings node from this, never from its name."""
+
+    needs_file: bool = True  # False: listed by Load Subject Encoder without a file, built by ``builtin()``
+    layout: Literal["required", "optional"] = "optional"
+    reference_inputs: frozenset[str] = frozenset()  # the Encode Reference inputs it reads (REFERENCE_INPUTS)
+    required_inputs: frozenset[str] = frozenset()  # those of them that must be connected
+    phrase_tokenizer: str | None = None  # the tokenizer its phrase grounding uses, for messages; None: no phrase grounding
+    settings: tuple[Setting, ...] = ()  # its own settings (its generated settings node)
+
+    def __post_init__(self):
+        if self.layout not in ("required", "optional"):
+            raise TypeError(f"layout must be 'required' or 'optional', got {self.layout!r}")
+        if not self.reference_inputs <= REFERENCE_INPUTS:
+            raise TypeError(f"unknown reference inputs {sorted(self.reference_inputs - REFERENCE_INPUTS)}")
+        if not self.required_inputs <= self.reference_inputs:
+            raise TypeError(f"required inputs {sorted(self.required_inputs - self.reference_inputs)} are not read")
+        names = [setting.name for setting in self.settings]
+        if len(set(names)) != len(names):
+            raise TypeError(f"settings declared twice: {names}")
+
+    def kind_settings(self, given: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+        """Every declared setting: ``given``'s value, checked, or the declared default. Undeclared names are refused."""
+        given = given or {}
+        declared = {setting.name: setting for setting in self.settings}
+        unknown = [name for name in given if name not in declared]
+        if unknown:
+            known = ", ".join(declared) or "none"
+            raise SubjectSetupError(f"unknown setting {quoted(str(unknown[0]))}; this kind's settings: {known}")
+        return MappingProxyType({name: setting.checked(given[name]) if name in given else setting.default
+                                 for name, setting in declared.items()})
+
+
 @dataclass(frozen=True)
 class ApplySettings:
     """Apply Multi-Subject Attention's inputs; a kind uses the ones that mean something to it."""
@@ -42,6 +139,7 @@ class ApplySettings:
     feather: float = 0.0
     auto: AutoRouting | None = None
     prompt: str = ""  # the positive prompt text (auto routing, token positions)
+    kind_settings: Mapping[str, Any] = field(default_factory=lambda: NO_SETTINGS)  # the kind's own settings, checked and defaulted (Capabilities.kind_settings)
 
     def __post_init__(self):
         """Numbers a linked input or an API prompt sends unchecked (NaN passes ComfyUI's min/max) are refused by name."""
@@ -79,6 +177,7 @@ class Reference:
     vae: Any = None
     query: str = ""  # the text that picks the subject inside the reference; empty = the phrase
     mask_weight: float | None = None  # how strongly a mask query picks the subject; None = the kind's default
+    description: str = ""  # a description of the subject, for kinds that condition each reference on its own text
 
     def __post_init__(self):
         if self.mask_weight is not None:
@@ -159,6 +258,8 @@ class SubjectEncoder(ABC):
     where_to_get: ClassVar[str] = ""  # which files users download and from where, for a missing-file error
     preview_downscales: ClassVar[tuple[int, ...]] = ()  # latent pixels per token of the layers whose routes are previewed
     learned_routes: ClassVar[bool] = False  # the model decides the routes while sampling: record them when previewed
+    capabilities: ClassVar[Capabilities]  # what it needs and uses (see Capabilities)
+    builtin_name: ClassVar[str] = ""  # needs_file=False: its stable entry in Load Subject Encoder's list (saved workflows)
 
     name: str  # the file the user picked, for messages
     patcher: Any = None  # the ModelPatcher that owns the weights (ComfyUI's memory manager loads it)
@@ -172,6 +273,15 @@ class SubjectEncoder(ABC):
     @abstractmethod
     def load(cls, path: Path) -> SubjectEncoder:
         """Load the checkpoint at ``path`` (and any partner file it needs from the same folder)."""
+
+    @classmethod
+    def builtin(cls) -> SubjectEncoder:
+        """The encoder of a kind without a weights file (``capabilities.needs_file`` False)."""
+        raise SubjectSetupError(f"{cls.title} is loaded from a file: pick it in Load Subject Encoder")
+
+    def own_settings(self, settings: ApplySettings) -> Mapping[str, Any]:
+        """This kind's own settings from ``settings``: checked, and defaulted where not given."""
+        return self.capabilities.kind_settings(settings.kind_settings)
 
     def encoding_key(self) -> Hashable:
         """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights

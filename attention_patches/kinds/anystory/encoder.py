@@ -22,7 +22,7 @@ from ....models.anystory import reference as ref_inputs
 from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
-from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
+from ..base import ApplySettings, Capabilities, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
 
@@ -99,6 +99,10 @@ class AnyStoryEncoder(SubjectEncoder):
                     "(flux1-redux-dev.safetensors) in models/style_models and SigLIP (sigclip_vision_patch14_384.safetensors)")
     preview_downscales = (2,)  # one FLUX token per 2x2 latent pixels
     learned_routes = True
+    capabilities = Capabilities(
+        reference_inputs=frozenset({"clip_vision", "vae", "mask"}),
+        required_inputs=frozenset({"clip_vision", "vae"}),
+    )
 
     def __init__(self, name: str, weights: AnyStoryWeights, redux_base: dict[str, torch.Tensor] | None = None,
                  lora_patchers: dict | None = None):

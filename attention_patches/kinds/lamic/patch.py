@@ -1,0 +1,128 @@
+"""LAMIC inside a ComfyUI model call: one DIFFUSION_MODEL wrapper per patched MODEL.
+
+Per call the wrapper finds the step in the run's schedule (the stage rule), checks the text, takes
+the reference latents (the conditioning's, from ReferenceLatent, or the ones Encode Reference
+made), applies each reference's enhance factor to its normalised latent, computes the
+[text | target | references] layout and leaves one :class:`TokenClasses` in
+``transformer_options``: every attention of the call (all blocks, both CFG rows) reads it through
+the masked-attention override. Outside the start/end window the call runs unpatched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ...dit.masked_attention import CLASSES_KEY, TokenClasses
+from ...dit.token_layout import TokenLayout
+from ...patch import sampling_step
+from ..base import SubjectSetupError
+from .families import FamilyAdapter
+
+log = logging.getLogger("comfyui_multisubject.lamic")
+
+STAGE_1, STAGE_2 = 1, 2
+MAX_CACHED_LAYOUTS = 8
+
+
+def stage_at(step: int, steps: int, first_stage_ratio: float) -> int:
+    """LAMIC's rule: stage 1 iff step < int(first_stage_ratio * steps) (a float product, truncated)."""
+    return STAGE_1 if step < int(first_stage_ratio * steps) else STAGE_2
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where in the sampling the masks act, as fractions of the run's steps (start/end_percent)."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+    def contains(self, step: int, steps: int) -> bool:
+        position = step / max(steps, 1)
+        return self.start <= position < self.end or (self.end >= 1.0 and position >= self.start)
+
+
+class LamicPatch:
+    """Shared (never copied) by every clone of one Apply: the wrapper and its per-layout cache.
+
+    ``classes_for(layout, stage)`` builds the mask structure of one layout and stage (the kind gives it
+    from LAMIC's groups); ``references``, when given, are normalised latents [1, C, h, w] that
+    Encode Reference made, used when the conditioning carries none.
+    """
+
+    def __init__(self, adapter: FamilyAdapter, count: int, classes_for: Callable[[TokenLayout, int], TokenClasses],
+                 first_stage_ratio: float, enhance: Sequence[float] | None = None,
+                 references: Sequence[torch.Tensor] | None = None, window: Window = Window(), probe: Callable | None = None):
+        self.adapter = adapter
+        self.count = count
+        self.classes_for = classes_for
+        self.first_stage_ratio = first_stage_ratio
+        self.enhance = tuple(enhance) if enhance is not None else (1.0,) * count
+        self.references = tuple(references) if references is not None else None
+        self.window = window
+        self.probe = probe
+        self._cache: dict[tuple[TokenLayout, int], TokenClasses] = {}
+        self.stages_seen: list[int] = []  # the stage of every masked call of the latest run (observable)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def install(self, model) -> None:
+        self.adapter.install(model, self.wrapper)
+
+    def reset(self) -> None:
+        self._cache.clear()
+        self.stages_seen = []
+
+    def classes(self, layout: TokenLayout, stage: int) -> TokenClasses:
+        key = (layout, stage)
+        if key not in self._cache:
+            if len(self._cache) >= MAX_CACHED_LAYOUTS:
+                del self._cache[next(iter(self._cache))]
+            classes = self.classes_for(layout, stage)
+            if classes.tokens != layout.total:
+                raise SubjectSetupError(f"the mask covers {classes.tokens} tokens but the model call has {layout.total}")
+            classes.probe = self.probe
+            self._cache[key] = classes
+        return self._cache[key]
+
+    def reference_latents(self, ref_latents, batch: int, device, dtype) -> list[torch.Tensor]:
+        """The call's references: the conditioning's, or Encode Reference's; exactly one reference per box."""
+        given = self.adapter.reference_latents(ref_latents)
+        if given and self.references is not None:
+            raise SubjectSetupError(
+                "the references arrive twice: the conditioning carries reference latents (ReferenceLatent) and Encode "
+                "Reference encoded them too. Disconnect Encode Reference's vae input, or remove the ReferenceLatent nodes")
+        if not given and self.references is not None:
+            given = [r.to(device, dtype).expand(batch, -1, -1, -1) for r in self.references]
+        if not given:
+            raise SubjectSetupError(
+                f"LAMIC needs the references: this {self.adapter.family} call has none. Connect the VAE to each Encode "
+                "Reference, or add core's ReferenceLatent node(s) to the positive conditioning (a FLUX.1 [dev] model "
+                "without references cannot place them)")
+        if len(given) != self.count:
+            raise SubjectSetupError(f"the conditioning carries {len(given)} reference latent(s) for {self.count} box(es); "
+                                    "give one ReferenceLatent per Encode Reference, in the same order")
+        return [r * e if e != 1.0 else r for r, e in zip(given, self.enhance)]
+
+    def wrapper(self, executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs):
+        schedule = transformer_options.get("sample_sigmas")
+        steps = max(len(schedule) - 1, 1) if schedule is not None else 1
+        step = sampling_step(transformer_options)
+        if not self.window.contains(step, steps):
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        self.adapter.check_context(context)
+        refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
+        stage = stage_at(step, steps, self.first_stage_ratio)
+        layout = self.adapter.token_layout(x, context, refs)
+        transformer_options[CLASSES_KEY] = self.classes(layout, stage)
+        self.stages_seen.append(stage)
+        try:
+            with self.adapter.id_context():
+                return executor(x, timestep, context, y, guidance, refs, control, transformer_options,
+                                **self.adapter.call_kwargs(kwargs))
+        finally:
+            transformer_options.pop(CLASSES_KEY, None)
