@@ -1,0 +1,90 @@
+"""Shared by the Qwen-Image-Edit and FLUX.2 LAMIC tests: the kind's patch on a tiny model, run by ComfyUI's sampler."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.sample
+
+from msp_package import pack
+
+masked = pack("attention_patches.dit.masked_attention")
+lamic_patch = pack("attention_patches.kinds.lamic.patch")
+lamic_groups = pack("models.lamic.groups")
+lamic_regions = pack("models.lamic.regions")
+
+LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+
+
+def stage_classes(adapter, boxes, strengths=None):
+    """The kind's classes_for: LAMIC's stage mask of a call layout (text groups from the adapter's call layout)."""
+    layouts = []
+
+    def classes_for(layout, stage):
+        layouts.append(layout)
+        text = adapter.call_text_layout(layout, [], "")
+        cells = getattr(layout, "target_cells", None) or tuple(g * adapter.patch_size for g in layout.target_grid)
+        grid = lamic_regions.RegionGrid(cells[0], cells[1], patch=adapter.patch_size)
+        regions = [lamic_regions.box_region(grid, list(box)) for box in boxes]
+        groups = lamic_groups.token_groups(text, regions, layout.references)
+        mask = lamic_groups.stage_mask(groups, stage)
+        table = mask.allowed if strengths is None else lamic_groups.soft_bias(mask, groups.groups, strengths)
+        return masked.TokenClasses(mask.class_ids, table)
+
+    classes_for.layouts = layouts
+    return classes_for
+
+
+class BatchProbe:
+    """Records the batch size of every masked attention call (both CFG rows in one call or not)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, q, k, classes, options):
+        self.batches.append(q.shape[0])
+
+
+def patched(model, adapter, boxes, first_stage_ratio=1.0, strengths=None, probe=None):
+    """A clone of ``model`` with LAMIC's wrapper and masked attention for ``boxes`` (reference i in box i)."""
+    classes_for = stage_classes(adapter, boxes, strengths)
+    patch = lamic_patch.LamicPatch(adapter, len(boxes), classes_for, first_stage_ratio, probe=probe)
+    clone = model.clone()
+    patch.install(clone)
+    return clone, classes_for
+
+
+class DenseAttention:
+    """The reference path as an override: one attention call with the dense additive [S, S] mask."""
+
+    def __call__(self, func, *args, **kwargs):
+        classes = (kwargs.get("transformer_options") or {}).get(masked.CLASSES_KEY)
+        if classes is None:
+            return func(*args, **kwargs)
+        q, k, v, heads, *rest = args
+        kwargs = {key: value for key, value in kwargs.items() if key != "mask"}
+        return masked.dense_attention(func, q, k, v, heads, classes, **kwargs)
+
+
+def with_dense_attention(model):
+    """``model`` (a patched clone) with its masked-attention override swapped for the dense reference path."""
+    clone = model.clone()
+    clone.model_options["transformer_options"]["optimized_attention_override"] = DenseAttention()
+    return clone
+
+
+def sample(model, latent, positive, negative, cfg=1.0, steps=1, seed=0):
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
+                                   disable_pbar=True, seed=seed)
+
+
+def with_reference(conditioning, index, latent):
+    """A copy of ``conditioning`` whose reference ``index`` is ``latent``."""
+    out = []
+    for cond, extra in conditioning:
+        refs = list(extra["reference_latents"])
+        refs[index] = latent
+        out.append([cond, {**extra, "reference_latents": refs}])
+    return out
