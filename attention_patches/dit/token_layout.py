@@ -19,6 +19,7 @@ class TokenLayout:
     text: int
     target_grid: tuple[int, int]
     reference_grids: tuple[tuple[int, int], ...] = ()
+    target_cells: tuple[int, int] | None = None  # the target latent's (height, width) before patching, when known
 
     @property
     def target(self) -> int:
@@ -57,4 +58,4 @@ def token_grid(height: int, width: int, patch: int) -> tuple[int, int]:
 def joint_layout(text_tokens: int, x: torch.Tensor, references: list[torch.Tensor] | tuple = (), patch: int = 2) -> TokenLayout:
     """The layout of a call on latent ``x`` [B, C, H, W] with reference latents [1, C, h, w] appended in order."""
     return TokenLayout(text_tokens, token_grid(x.shape[-2], x.shape[-1], patch),
-                       tuple(token_grid(r.shape[-2], r.shape[-1], patch) for r in references))
+                       tuple(token_grid(r.shape[-2], r.shape[-1], patch) for r in references), tuple(x.shape[-2:]))

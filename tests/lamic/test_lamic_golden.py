@@ -135,13 +135,39 @@ def run_sampler(model, start, sigmas, positive, negative, cfg):
     return (out - SHIFT) * SCALE, velocities
 
 
+def kind_patched(golden, flux, case: str, first_stage_ratio: float):
+    """``flux`` patched by the LAMIC kind's Apply path for the official input dict of ``case``."""
+    base = pack("attention_patches.kinds.base")
+    layout_mod = pack("attention_patches.layout")
+    lamic = pack("attention_patches.kinds.lamic.encoder").LamicEncoder.builtin()
+    inputs = golden.cases["grouping"][case]["inputs"]
+    height, width = golden.cases["grouping"][case]["output_hw"]
+    refs = [inputs[f"ref_img_{i}"] for i in range(1, golden.cases["grouping"][case]["n_refs"] + 1)]
+    subjects = tuple(base.Subject(base.Reference(r["SAD"]["id"], torch.zeros(1, 16, 16, 3), description=r["SAD"]["desc"]))
+                     for r in refs)
+
+    def normalised(box):
+        return box if all(v <= 1 for v in box) else [box[0] / width, box[1] / height, box[2] / width, box[3] / height]
+
+    layout = layout_mod.Layout(tuple(layout_mod.LayoutBox(*normalised(r["bbox"])) for r in refs), width, height)
+    deoverlap = "; ".join(f"{i}: {', '.join(map(str, r['de-overlap']))}" for i, r in enumerate(refs, 1) if r.get("de-overlap"))
+    own = {"first_stage_ratio": first_stage_ratio, "deoverlap": deoverlap,
+           "enhance_factors": ", ".join(str(f) for f in golden.cases["grouping"][case]["enhance_factors"])}
+    settings = base.ApplySettings(prompt=golden.cases["grouping"][case]["total_prompts"], kind_settings=own)
+    patched = lamic.apply(flux, subjects, layout, settings)
+    patch = patched.wrappers["diffusion_model"][lamic_patch_key()][0].__self__
+    return patched, patch
+
+
+def lamic_patch_key():
+    return pack("attention_patches.kinds.lamic.families").WRAPPER_KEY
+
+
 def test_generate_loop(golden, flux):
-    """The official 6-step loop with two stage-1 steps, through the real sampler on the golden sigmas."""
+    """The official 6-step loop with two stage-1 steps: the kind's Apply path, ComfyUI's sampler on the golden sigmas."""
     g = golden.tensors("generate")
     case = golden.cases["generate"]["case"]
-    patched = flux.clone()
-    patch = kontext_patch(golden, case, golden_classes(golden, case))
-    patch.install(patched)
+    patched, patch = kind_patched(golden, flux, case, golden.cases["generate"]["first_stage_ratio"])
     hw = target_hw(golden)
     refs = reference_latents(golden, case, "ref_tokens_no_enhance")
     guidance = golden.cases["generate"]["guidance"]
@@ -150,6 +176,7 @@ def test_generate_loop(golden, flux):
     final, velocities = run_sampler(patched, unpack(g["in.latents"], hw), g["out.sigmas"], positive, negative, 1.0)
     expected_stages = [int(s["stage"][-1]) for s in golden.cases["generate"]["per_step"]]
     assert patch.stages_seen == expected_stages
+    assert len(velocities) == len(expected_stages)
     for step, velocity in enumerate(velocities):
         assert (velocity - unpack(g[f"out.step{step}.velocity"], hw)).abs().max() <= TOLERANCE, step
     assert (final - unpack(g["out.latents"], hw)).abs().max() <= TOLERANCE
@@ -160,10 +187,7 @@ def test_true_cfg_loop(golden, flux):
     g = golden.tensors("generate")
     cfg = golden.cases["generate"]["true_cfg"]
     case = cfg["case"]
-    patched = flux.clone()
-    patch = lamic_patch.LamicPatch(kontext.KontextAdapter(), 2, lambda layout, stage: golden_classes(golden, case)[stage],
-                                   cfg["first_stage_ratio"], golden.cases["grouping"][case]["enhance_factors"])
-    patch.install(patched)
+    patched, patch = kind_patched(golden, flux, case, cfg["first_stage_ratio"])
     hw = target_hw(golden)
     refs = reference_latents(golden, case, "ref_tokens_no_enhance")
     guidance = golden.cases["generate"]["guidance"]

@@ -13,26 +13,18 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 import comfy.patcher_extension
 
+from ....models.lamic.text import TextLayout
 from ...dit import masked_attention
 from ...dit.token_layout import TokenLayout, joint_layout
 from ..base import SubjectSetupError
 
 WRAPPER_KEY = "comfyui_multisubject_lamic"
-
-
-@dataclass(frozen=True)
-class TextSpans:
-    """Positions in the text part of the sequence: one [start, end) per piece (SAD_1..n, CEI), and the padding group."""
-
-    pieces: tuple[tuple[int, int], ...]
-    padding: tuple[int, int]
 
 
 class FamilyAdapter(ABC):
@@ -55,12 +47,9 @@ class FamilyAdapter(ABC):
         """Raise a SubjectSetupError naming the fix when the encoded text cannot carry LAMIC's groups."""
 
     @abstractmethod
-    def piece_lengths(self, pieces: Sequence[str]) -> list[int]:
-        """Token count of each text piece tokenised on its own (how the official code lays the spans)."""
-
-    @abstractmethod
-    def text_spans(self, piece_lengths: Sequence[int], context_tokens: int) -> TextSpans:
-        """Where the pieces and the padding group sit inside a context of ``context_tokens``."""
+    def text_layout(self, sad_texts: Sequence[str], cei: str, context_tokens: int, official: bool = True) -> TextLayout:
+        """Which text group (SAD_i, CEI, EPrt) each of the call's ``context_tokens`` text tokens belongs to
+        (``models.lamic.text``); ``official``: LAMIC's own span rules where the family has them."""
 
     def reference_latents(self, ref_latents) -> list[torch.Tensor]:
         """The call's reference latents in reference order (the conditioning's, as the model receives them)."""

@@ -7,30 +7,26 @@ the ``index`` reference method plus a post_input patch capping the first id axis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 import comfy.supported_models
 
+from ....models.lamic import text
+
 from ...dit import ids
 from ..base import SubjectSetupError
-from .families import FamilyAdapter, TextSpans, register
+from .families import FamilyAdapter, register
 
 T5_TOKENS = 512
 REFERENCE_INDEX = 1.0  # every reference at ids (1, y, x)
 
 
 @lru_cache(maxsize=1)
-def t5_tokenizer():
-    """ComfyUI's FLUX T5 tokenizer without padding: piece lengths count the real tokens and </s>."""
+def t5_tokenize():
+    """ComfyUI's FLUX T5 tokenizer as LAMIC counts pieces: no padding, no prompt weights, </s> included."""
     from comfy.text_encoders.sd3_clip import T5XXLTokenizer
 
-    return T5XXLTokenizer(min_length=0)
-
-
-def t5_length(text: str) -> int:
-    """T5 tokens of ``text`` including its </s>, as ComfyUI tokenises it (prompt weights parsed)."""
-    return sum(len(chunk) for chunk in t5_tokenizer().tokenize_with_weights(text))
+    return text.comfy_tokenize(T5XXLTokenizer(min_length=0))
 
 
 @register
@@ -53,18 +49,11 @@ class KontextAdapter(FamilyAdapter):
                 f"{T5_TOKENS}) between the CLIP loader and every CLIP Text Encode of this model, positive and negative; "
                 f"a text over {T5_TOKENS} tokens must be shortened")
 
-    def piece_lengths(self, pieces: Sequence[str]) -> list[int]:
-        return [t5_length(piece) for piece in pieces]
-
-    def text_spans(self, piece_lengths: Sequence[int], context_tokens: int) -> TextSpans:
-        spans, start = [], 0
-        for length in piece_lengths:
-            spans.append((start, start + length))
-            start += length
-        if start > context_tokens:
-            raise SubjectSetupError(f"the descriptions and the prompt take {start} T5 tokens; LAMIC addresses at most "
-                                    f"{context_tokens}: shorten the descriptions or the prompt")
-        return TextSpans(tuple(spans), (start, context_tokens))
+    def text_layout(self, sad_texts, cei: str, context_tokens: int, official: bool = True):
+        try:
+            return text.lamic_text_layout(t5_tokenize(), sad_texts, cei, length=context_tokens, official=official)
+        except text.TextTooLongError as e:
+            raise SubjectSetupError(f"{e} (LAMIC addresses {T5_TOKENS} T5 tokens; the descriptions count too)") from None
 
     def call_kwargs(self, kwargs: dict) -> dict:
         return {**kwargs, "ref_latents_method": "index"}

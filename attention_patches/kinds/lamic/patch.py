@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ....models.lamic.schedule import stage_of_step
 from ...dit.masked_attention import CLASSES_KEY, TokenClasses
 from ...dit.token_layout import TokenLayout
 from ...patch import sampling_step
@@ -24,13 +25,7 @@ from .families import FamilyAdapter
 
 log = logging.getLogger("comfyui_multisubject.lamic")
 
-STAGE_1, STAGE_2 = 1, 2
 MAX_CACHED_LAYOUTS = 8
-
-
-def stage_at(step: int, steps: int, first_stage_ratio: float) -> int:
-    """LAMIC's rule: stage 1 iff step < int(first_stage_ratio * steps) (a float product, truncated)."""
-    return STAGE_1 if step < int(first_stage_ratio * steps) else STAGE_2
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ class LamicPatch:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         self.adapter.check_context(context)
         refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
-        stage = stage_at(step, steps, self.first_stage_ratio)
+        stage = stage_of_step(step, steps, self.first_stage_ratio)
         layout = self.adapter.token_layout(x, context, refs)
         transformer_options[CLASSES_KEY] = self.classes(layout, stage)
         self.stages_seen.append(stage)
