@@ -95,9 +95,7 @@ class LamicPatch:
             given = [r.to(device, dtype).expand(batch, -1, -1, -1) for r in self.references]
         if not given:
             raise SubjectSetupError(
-                f"LAMIC needs the references: this {self.adapter.family} call has none. Connect the VAE to each Encode "
-                "Reference, or add core's ReferenceLatent node(s) to the positive conditioning (a FLUX.1 [dev] model "
-                "without references cannot place them)")
+                f"LAMIC needs the references: this {self.adapter.family} call has none; {self.adapter.missing_references}")
         if len(given) != self.count:
             raise SubjectSetupError(f"the conditioning carries {len(given)} reference latent(s) for {self.count} box(es); "
                                     "give one ReferenceLatent per Encode Reference, in the same order")
