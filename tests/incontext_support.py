@@ -10,26 +10,19 @@ from msp_package import pack
 
 masked = pack("attention_patches.dit.masked_attention")
 lamic_patch = pack("attention_patches.kinds.lamic.patch")
-lamic_groups = pack("models.lamic.groups")
-lamic_regions = pack("models.lamic.regions")
+lamic_encoder = pack("attention_patches.kinds.lamic.encoder")
 
 LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
 
 
 def stage_classes(adapter, boxes, strengths=None):
-    """The kind's classes_for: LAMIC's stage mask of a call layout (text groups from the adapter's call layout)."""
+    """The kind's classes_for (LamicMasks) for ``boxes``; records every call layout it was asked for."""
+    masks = lamic_encoder.LamicMasks(adapter, [], "", torch.tensor(boxes), ((),) * len(boxes), strengths, True)
     layouts = []
 
     def classes_for(layout, stage):
         layouts.append(layout)
-        text = adapter.call_text_layout(layout, [], "")
-        cells = getattr(layout, "target_cells", None) or tuple(g * adapter.patch_size for g in layout.target_grid)
-        grid = lamic_regions.RegionGrid(cells[0], cells[1], patch=adapter.patch_size)
-        regions = [lamic_regions.box_region(grid, list(box)) for box in boxes]
-        groups = lamic_groups.token_groups(text, regions, layout.references)
-        mask = lamic_groups.stage_mask(groups, stage)
-        table = mask.allowed if strengths is None else lamic_groups.soft_bias(mask, groups.groups, strengths)
-        return masked.TokenClasses(mask.class_ids, table)
+        return masks(layout, stage)
 
     classes_for.layouts = layouts
     return classes_for

@@ -59,7 +59,7 @@ def qwen_conditioning(seed: int, text_tokens: int, ref_sizes: list[tuple[int, in
 def flux2_conditioning(seed: int, text_tokens: int, ref_sizes: list[tuple[int, int]], guidance: float = 4.0) -> list:
     """A FLUX.2 conditioning after ReferenceLatent nodes: unpadded context (the model pads to 512) + latents."""
     refs = [seeded(seed + 1 + i, 1, FLUX2_CHANNELS, h // 16, w // 16) for i, (h, w) in enumerate(ref_sizes)]
-    extra = {"guidance": guidance}
+    extra = {"guidance": guidance, "pooled_output": None}
     if refs:
         extra["reference_latents"] = refs
     return [[seeded(seed, 1, text_tokens, FLUX2_TXT_DIM), extra]]

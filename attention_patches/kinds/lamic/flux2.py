@@ -33,6 +33,7 @@ def rows_differ(context) -> bool:
 class Flux2Adapter(FamilyAdapter):
     family = "FLUX.2 [dev]"
     patch_size = 1
+    reads_texts = False
     missing_references = ("add core's ReferenceLatent node(s) to the positive conditioning, one per reference in box order "
                           "(VAE Encode with the FLUX.2 VAE, flux2-vae.safetensors)")
 

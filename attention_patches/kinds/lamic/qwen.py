@@ -48,6 +48,7 @@ def flux_signature(wrapper):
 class QwenEditAdapter(FamilyAdapter):
     family = "Qwen-Image-Edit-2509"
     patch_size = 2
+    reads_texts = False
     missing_references = ("encode the prompt with TextEncodeQwenImageEditPlus with its vae connected and the reference "
                           "images on image1, image2, image3 in box order (a Qwen-Image model without reference images "
                           "is not an edit model: load qwen_image_edit_2509)")
