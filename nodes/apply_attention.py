@@ -114,7 +114,8 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         labels = [box.label for box in layout.boxes] if layout is not None else []
         positive = positive_prompts(hidden.prompt, hidden.unique_id) if hidden is not None else []
         node_id = hidden.unique_id if hidden is not None else None
-        show_warnings(NODE_NAME, node_id, subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else [])))
+        show_warnings(NODE_NAME, node_id, subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else []))
+                      + subject_encoder.binding_notes(tuple(subjects), layout))
         shown = layout if layout is not None else Layout.whole_image(len(phrases))
         return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 

@@ -205,3 +205,11 @@ def install(model, base_key: str = OVERRIDE_KEY) -> MaskedAttention:
     override = MaskedAttention(existing)
     options[base_key] = override
     return override
+
+
+def structure_bytes(classes: TokenClasses) -> int:
+    """Bytes the mask structure of one call holds: class ids, table and the query groups' index and bias vectors."""
+    tensors = [classes.class_ids, classes.table]
+    for group in classes.plan(classes.class_ids.device):
+        tensors += [t for t in (group.queries, group.keys, group.bias) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -32,7 +32,7 @@ from ...dit.token_layout import TokenLayout
 from ..base import ApplySettings, Capabilities, Reference, Setting, SubjectEncoder, SubjectSetupError, encodings_of
 from . import flux2, kontext, qwen  # noqa: F401  (register the family adapters)
 from .families import adapter_for
-from .patch import LamicPatch, Window
+from .patch import AttentionShareProbe, LamicPatch, Window
 
 log = logging.getLogger("comfyui_multisubject.lamic")
 
@@ -99,7 +99,8 @@ class LamicEncoder(SubjectEncoder):
                     "e.g. '2: 1; 3: 1, 2'"),
         ),
     )
-    preview_downscales = (2,)
+    preview_downscales = (2,)  # one token per 2x2 latent pixels
+    learned_routes = True  # previewed: where each reference's attention went, measured while sampling
 
     def __init__(self):
         self.name = self.builtin_name
@@ -156,14 +157,27 @@ class LamicEncoder(SubjectEncoder):
         if all(encoded):
             latent_format = model.model.latent_format
             references = [latent_format.process_in(e.latent) for e in encodings]
+        if adapter.text_tokens is not None:  # a text over the model's tokens is refused here, before sampling
+            adapter.text_layout(sads, cei, adapter.text_tokens, own["official"])
         strengths = self.strengths(settings, count)
         masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
                            own["official"])
         patch = LamicPatch(adapter, count, masks, own["first_stage_ratio"], parse_factors(own["enhance_factors"], count),
-                           references, Window(settings.start_percent, settings.end_percent))
+                           references, Window(settings.start_percent, settings.end_percent),
+                           AttentionShareProbe(recorder) if recorder is not None else None)
         patched = model.clone()
         patch.install(patched)
         return patched
+
+    def binding_notes(self, subjects, layout) -> list[str]:
+        """Which reference goes in which box, for the Apply node (reference i = Encode Reference i = ReferenceLatent i)."""
+        notes = []
+        for number, subject in enumerate(subjects, start=1):
+            box = layout.boxes[number - 1] if layout is not None and number <= len(layout.boxes) else None
+            where = "no box" if box is None else f"box {number}" + (f" {quoted(box.label[:40])}" if box.label else "")
+            notes.append(f"reference {number} ({quoted(subject.phrase[:40])}; the conditioning's ReferenceLatent "
+                         f"{number} when Encode Reference has no VAE) -> {where}")
+        return notes
 
     @staticmethod
     def cei(sads: list[str], prompt: str) -> str:

@@ -35,6 +35,7 @@ class FamilyAdapter(ABC):
     reads_texts: ClassVar[bool] = True  # SAD/CEI come from Encode Reference's texts and Apply's prompt
     missing_references: ClassVar[str] = ("connect the VAE to each Encode Reference, or add core's ReferenceLatent node(s) to "
                                          "the positive conditioning (a FLUX.1 [dev] model without references cannot place them)")
+    text_tokens: ClassVar[int | None] = None  # the fixed text length the groups address (checked on Apply), if any
 
     @classmethod
     @abstractmethod

@@ -33,6 +33,7 @@ def t5_tokenize():
 class KontextAdapter(FamilyAdapter):
     family = "FLUX.1 Kontext [dev]"
     patch_size = 2
+    text_tokens = T5_TOKENS
 
     @classmethod
     def accepts(cls, model) -> bool:

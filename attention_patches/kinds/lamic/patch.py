@@ -10,18 +10,22 @@ the masked-attention override. Outside the start/end window the call runs unpatc
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+import comfy.patcher_extension
+
 from ....models.lamic.schedule import stage_of_step
 from ...dit.masked_attention import CLASSES_KEY, TokenClasses
 from ...dit.token_layout import TokenLayout
 from ...patch import sampling_step
 from ..base import SubjectSetupError
-from .families import FamilyAdapter
+from ...dit.attention_share import reference_attention
+from .families import WRAPPER_KEY, FamilyAdapter
 
 log = logging.getLogger("comfyui_multisubject.lamic")
 
@@ -67,10 +71,17 @@ class LamicPatch:
 
     def install(self, model) -> None:
         self.adapter.install(model, self.wrapper)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, self.outer_sample_wrapper)
 
-    def reset(self) -> None:
-        self._cache.clear()
+    def outer_sample_wrapper(self, executor, *args, **kwargs):
+        """Each sampling run starts afresh: the stage record, the preview's measurements."""
         self.stages_seen = []
+        if self.probe is not None:
+            self.probe.recorder.start_run()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._cache.clear()  # the per-layout class tables and their device copies
 
     def classes(self, layout: TokenLayout, stage: int) -> TokenClasses:
         key = (layout, stage)
@@ -80,7 +91,7 @@ class LamicPatch:
             classes = self.classes_for(layout, stage)
             if classes.tokens != layout.total:
                 raise SubjectSetupError(f"the mask covers {classes.tokens} tokens but the model call has {layout.total}")
-            classes.probe = self.probe
+            classes.probe = functools.partial(self.probe, layout) if self.probe is not None else None
             self._cache[key] = classes
         return self._cache[key]
 
@@ -119,3 +130,27 @@ class LamicPatch:
                                 **self.adapter.call_kwargs(kwargs))
         finally:
             transformer_options.pop(CLASSES_KEY, None)
+
+
+class AttentionShareProbe:
+    """Records, for Router Mask Preview, where each reference's attention went (one double block per call).
+
+    Measured on the middle double block only, from the queries and keys the model attends with; each
+    reference's map is scaled to a maximum of 1 (the in-box share does not depend on that scale).
+    """
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, layout: TokenLayout, q, k, classes, options: dict) -> None:
+        index = options.get("block_index")
+        if options.get("block_type") != "double" or index != options.get("total_blocks", 1) // 2:
+            return
+        with torch.no_grad():
+            maps = reference_attention(q, k, classes, layout.target_span, layout.reference_spans)
+            maps = maps / maps.amax(-1, keepdim=True).clamp_min(1e-12)
+        height, width = layout.target_grid
+        self.recorder.add(sampling_step(options), height, width, maps, f"double_blocks.{index}")
