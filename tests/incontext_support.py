@@ -33,8 +33,12 @@ class BatchProbe:
 
     def __init__(self):
         self.batches = []
+        self.recorder = self  # the patch starts each run on its probe's recorder
 
-    def __call__(self, q, k, classes, options):
+    def start_run(self):
+        self.batches = []
+
+    def __call__(self, layout, q, k, classes, options):
         self.batches.append(q.shape[0])
 
 
