@@ -31,7 +31,7 @@ from ....models.safe_text import quoted
 from ...dit.masked_attention import TokenClasses
 from ...dit.token_layout import TokenLayout
 from ..base import ApplySettings, Capabilities, Reference, Setting, SubjectEncoder, SubjectSetupError, encodings_of
-from . import kontext  # noqa: F401  (registers the Kontext adapter)
+from . import flux2, kontext, qwen  # noqa: F401  (register the family adapters)
 from .families import adapter_for
 from .patch import AttentionShareProbe, LamicPatch, Window
 
@@ -149,7 +149,7 @@ class LamicEncoder(SubjectEncoder):
             raise SubjectSetupError("LAMIC routes by its layout masks; turn auto_routing off")
         encodings = encodings_of(self, tuple(subjects))
         sads = [e.sad for e in encodings]
-        cei = self.cei(sads, settings.prompt)
+        cei = self.cei(sads, settings.prompt) if adapter.reads_texts else ""
         encoded = [e.latent is not None for e in encodings]
         if any(encoded) and not all(encoded):
             raise SubjectSetupError("connect the VAE to every Encode Reference, or to none (then the conditioning's "
@@ -213,7 +213,7 @@ class LamicMasks:
         self.deoverlap, self.strengths, self.official = deoverlap, strengths, official
 
     def __call__(self, layout: TokenLayout, stage: int) -> TokenClasses:
-        text = self.adapter.text_layout(self.sads, self.cei, layout.text, self.official)
+        text = self.adapter.call_text_layout(layout, self.sads, self.cei, self.official)
         cells = layout.target_cells or (layout.target_grid[0] * 2, layout.target_grid[1] * 2)
         grid = lamic_regions.RegionGrid(cells[0], cells[1], patch=self.adapter.patch_size)
         regions = [lamic_regions.box_region(grid, box.tolist()) if region is None else lamic_regions.mask_region(grid, region)

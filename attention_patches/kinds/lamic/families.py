@@ -31,6 +31,9 @@ class FamilyAdapter(ABC):
 
     family: ClassVar[str]  # for messages, e.g. "FLUX.1 Kontext [dev]"
     patch_size: ClassVar[int] = 2  # latent pixels per token side
+    reads_texts: ClassVar[bool] = True  # SAD/CEI come from Encode Reference's texts and Apply's prompt
+    missing_references: ClassVar[str] = ("connect the VAE to each Encode Reference, or add core's ReferenceLatent node(s) to "
+                                         "the positive conditioning (a FLUX.1 [dev] model without references cannot place them)")
     text_tokens: ClassVar[int | None] = None  # the fixed text length the groups address (checked on Apply), if any
 
     @classmethod
@@ -50,6 +53,10 @@ class FamilyAdapter(ABC):
     def text_layout(self, sad_texts: Sequence[str], cei: str, context_tokens: int, official: bool = True) -> TextLayout:
         """Which text group (SAD_i, CEI, EPrt) each of the call's ``context_tokens`` text tokens belongs to
         (``models.lamic.text``); ``official``: LAMIC's own span rules where the family has them."""
+
+    def call_text_layout(self, layout: TokenLayout, sad_texts: Sequence[str], cei: str, official: bool = True) -> TextLayout:
+        """The text groups of one call's layout; families whose groups come from the call's tensors override it."""
+        return self.text_layout(sad_texts, cei, layout.text, official)
 
     def reference_latents(self, ref_latents) -> list[torch.Tensor]:
         """The call's reference latents in reference order (the conditioning's, as the model receives them)."""

@@ -104,16 +104,23 @@ class LamicPatch:
                 "the references arrive twice: the conditioning carries reference latents (ReferenceLatent) and Encode "
                 "Reference encoded them too. Disconnect Encode Reference's vae input, or remove the ReferenceLatent nodes")
         if not given and self.references is not None:
-            given = [r.to(device, dtype).expand(batch, -1, -1, -1) for r in self.references]
+            given = [r.to(device, dtype).expand(batch, *r.shape[1:]) for r in self.references]
         if not given:
             raise SubjectSetupError(
-                f"LAMIC needs the references: this {self.adapter.family} call has none. Connect the VAE to each Encode "
-                "Reference, or add core's ReferenceLatent node(s) to the positive conditioning (a FLUX.1 [dev] model "
-                "without references cannot place them)")
+                f"LAMIC needs the references: this {self.adapter.family} call has none; {self.adapter.missing_references}")
         if len(given) != self.count:
             raise SubjectSetupError(f"the conditioning carries {len(given)} reference latent(s) for {self.count} box(es); "
                                     "give one ReferenceLatent per Encode Reference, in the same order")
         return [r * e if e != 1.0 else r for r, e in zip(given, self.enhance)]
+
+    def check_channels(self, refs: Sequence[torch.Tensor], channels: int) -> None:
+        """References from another model's VAE (FLUX.1's 16 channels on FLUX.2's 128, or the reverse) are named."""
+        for number, ref in enumerate(refs, start=1):
+            if ref.shape[1] != channels:
+                raise SubjectSetupError(
+                    f"reference {number} is a {ref.shape[1]}-channel latent but this {self.adapter.family} model works on "
+                    f"{channels} channels: the references were encoded for another model. Load the model the workflow is "
+                    "made for, or encode the references with this model's VAE")
 
     def wrapper(self, executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs):
         schedule = transformer_options.get("sample_sigmas")
@@ -121,8 +128,9 @@ class LamicPatch:
         step = sampling_step(transformer_options)
         if not self.window.contains(step, steps):
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
-        self.adapter.check_context(context)
         refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
+        self.check_channels(refs, x.shape[1])
+        self.adapter.check_context(context)
         stage = stage_of_step(step, steps, self.first_stage_ratio)
         layout = self.adapter.token_layout(x, context, refs)
         classes = self.classes(layout, stage)
