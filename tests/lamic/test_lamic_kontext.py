@@ -141,6 +141,8 @@ def test_named_errors(kontext, lamic, tiny):
     refs = raw_references()
     with pytest.raises(SetupError, match="needs the references"):
         sample(apply(lamic, kontext), conditioning(1))
+    plain_negative = sample(apply(lamic, kontext), conditioning(1, refs), conditioning(2), cfg=2.0, steps=2)
+    assert torch.isfinite(plain_negative).all()  # a negative without references runs its rows unmasked
     with pytest.raises(SetupError, match="1 reference latent"):
         sample(apply(lamic, kontext), conditioning(1, refs[:1]))
     with pytest.raises(SetupError, match="3 box"):

@@ -128,6 +128,9 @@ class LamicPatch:
         step = sampling_step(transformer_options)
         if not self.window.contains(step, steps):
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        if not self.adapter.reference_latents(ref_latents) and self.references is None and only_negative_rows(transformer_options):
+            # a negative prompt without ReferenceLatent (plain CFG): nothing to place, its rows run unmasked
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
         self.check_channels(refs, x.shape[1])
         self.adapter.check_context(context)
@@ -137,6 +140,14 @@ class LamicPatch:
         self.stages_seen.append(stage)
         with masked_attention.restricted(transformer_options, classes), self.adapter.id_context():
             return executor(x, timestep, context, y, guidance, refs, control, transformer_options, **self.adapter.call_kwargs(kwargs))
+
+
+UNCOND = 1  # ComfyUI's cond_or_uncond marker of a negative chunk
+
+
+def only_negative_rows(transformer_options: dict) -> bool:
+    chunks = transformer_options.get("cond_or_uncond") or ()
+    return bool(chunks) and all(chunk == UNCOND for chunk in chunks)
 
 
 class AttentionShareProbe:
