@@ -62,9 +62,9 @@ class EncodeReference(io.ComfyNode):
                 io.Float.Input("mask_weight", default=5.0, min=0.0, max=20.0, step=0.1, optional=True,
                                tooltip="for kinds that pick the subject inside the reference by the mask: how strongly the "
                                f"mask picks it (official default 5; its mask demo uses 1); {readers(KINDS, 'mask_weight')}"),
-                io.String.Input("description", default="", multiline=True, optional=True,
+                io.String.Input("description", default="", multiline=True, optional=True, force_input=True,
                                 tooltip="a description of the subject, for kinds that condition each reference on its "
-                                f"own text; {readers(KINDS, 'description')}"),
+                                f"own text (connect a text node, e.g. String (Multiline)); {readers(KINDS, 'description')}"),
             ],
             outputs=[
                 SubjectsSocket.Output(display_name="subjects"),
