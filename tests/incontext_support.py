@@ -51,8 +51,9 @@ def patched(model, adapter, boxes, first_stage_ratio=1.0, strengths=None, probe=
     return clone, classes_for
 
 
-class DenseAttention:
-    """The reference path as an override: one attention call with the dense additive [S, S] mask."""
+class DenseAttention(masked.MaskedAttention):
+    """The reference path as an override: one attention call with the dense additive [S, S] mask (a MaskedAttention,
+    so a per-call restriction uses it instead of wrapping it)."""
 
     def __call__(self, func, *args, **kwargs):
         classes = (kwargs.get("transformer_options") or {}).get(masked.CLASSES_KEY)

@@ -27,10 +27,6 @@ def unpack(tokens: torch.Tensor, hw: tuple[int, int], patch: int = 2) -> torch.T
     return rearrange(tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=hw[0], w=hw[1], ph=patch, pw=patch)
 
 
-def pack_latent(latent: torch.Tensor, patch: int = 2) -> torch.Tensor:
-    return rearrange(latent, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch, pw=patch)
-
-
 def reference_latents(golden, case: str, name: str = "ref_tokens") -> list[torch.Tensor]:
     """Each reference's normalised latent [1, C, h, w] from the packed ``refs`` tensor of ``case``."""
     tokens = golden.tensors("refs")[f"{case}.out.{name}"]

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from helpers import layout
 from msp_package import pack
 
 base = pack("attention_patches.kinds.base")
@@ -62,12 +63,12 @@ def registered(monkeypatch):
     return SettingsKind
 
 
-def run_apply(encoder, kind_settings_out=None):
+def run_apply(encoder, kind_settings_out=None, layout=None):
     subjects = nodes.EncodeReference.execute(image=torch.rand(1, 8, 8, 3),
                                              phrase="dog").args[0]
     return nodes.ApplyMultiSubjectAttention.execute(model="MODEL", subject_encoder=encoder, subjects=subjects, scale=0.6,
                                                     start_percent=0.0, end_percent=1.0, drop_grounding=False,
-                                                    kind_settings=kind_settings_out)
+                                                    kind_settings=kind_settings_out, layout=layout)
 
 
 def test_each_declared_setting_becomes_a_widget_of_the_generated_node():
@@ -120,7 +121,7 @@ def test_another_kinds_settings_are_refused_by_name(tiny_encoder):
     other = kind_settings.KindSettings(SettingsKind.kind, SettingsKind.title, {})
     with pytest.raises(base.SubjectSetupError, match="kind_settings comes from Test Kind Settings, but the subject encoder "
                        r"is MS-Diffusion \(SDXL\)"):
-        run_apply(tiny_encoder, other)
+        run_apply(tiny_encoder, other, layout([(0.0, 0.0, 1.0, 1.0)]))
 
 
 def test_declarations_that_cannot_be_checked_fail_at_import():

@@ -18,7 +18,7 @@ DOCUMENTED = {
     "MSP_DrawLayoutBox": (["boxes", "width", "height", "preset", "image", "mask"], ["MSP_LAYOUT"]),
     "MSP_ApplyMultiSubjectAttention": (["model", "subject_encoder", "subjects", "layout", "scale", "subject_scales",
                                         "start_percent", "end_percent", "drop_grounding", "auto_routing", "prompt",
-                                        "mask_threshold", "start_step", "feather", "kind_settings"], ["MODEL", "MSP_ROUTES"]),
+                                        "mask_threshold", "start_step", "feather", "kind_settings", "record_routes"], ["MODEL", "MSP_ROUTES"]),
     "MSP_RouterMaskPreview": (["routes", "latent", "image", "steps", "layers"], ["IMAGE", "MASK"]),
 }
 

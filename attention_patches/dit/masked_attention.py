@@ -17,6 +17,7 @@ An override already installed (another pack's) is called for every group, never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,7 +167,10 @@ def masked_attention(attend: Callable, func, q, k, v, heads: int, classes: Token
         k_g = k if group.keys is None else k.index_select(seq_dim, group.keys)
         v_g = v if group.keys is None else v.index_select(seq_dim, group.keys)
         bias = _group_bias(group, mask, q.dtype)
-        result = attend(func, q_g, k_g, v_g, heads, *rest, mask=bias, **kwargs)
+        if rest:  # the mask was positional, with more positional arguments after it
+            result = attend(func, q_g, k_g, v_g, heads, bias, *rest, **kwargs)
+        else:
+            result = attend(func, q_g, k_g, v_g, heads, mask=bias, **kwargs)
         if out is None:
             shape = list(result.shape)
             shape[out_dim] = q.shape[seq_dim]
@@ -196,8 +200,31 @@ def dense_attention(func, q, k, v, heads: int, classes: TokenClasses, **kwargs) 
     return func(q, k, v, heads, mask=mask, **kwargs)
 
 
+@contextlib.contextmanager
+def restricted(transformer_options: dict, classes: TokenClasses):
+    """While active, every attention of the call that owns ``transformer_options`` runs restricted by ``classes``.
+
+    The override is set for the call only, around whatever override is there (another pack's stays
+    in the model's options and is called for every query group); both keys are restored afterwards.
+    """
+    previous = transformer_options.get(OVERRIDE_KEY)
+    if not isinstance(previous, MaskedAttention):
+        transformer_options[OVERRIDE_KEY] = MaskedAttention(previous)
+    transformer_options[CLASSES_KEY] = classes
+    try:
+        yield
+    finally:
+        transformer_options.pop(CLASSES_KEY, None)
+        if previous is None:
+            transformer_options.pop(OVERRIDE_KEY, None)
+        else:
+            transformer_options[OVERRIDE_KEY] = previous
+
+
 def install(model, base_key: str = OVERRIDE_KEY) -> MaskedAttention:
-    """Put a :class:`MaskedAttention` on ``model`` (a clone), wrapping any override already there; returns it."""
+    """Put a :class:`MaskedAttention` on ``model`` (a clone), wrapping any override already there; returns it.
+
+    For models whose call has no wrapper that could use :func:`restricted`."""
     options = model.model_options.setdefault("transformer_options", {})
     existing = options.get(base_key)
     if isinstance(existing, MaskedAttention):

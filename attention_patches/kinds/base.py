@@ -1,6 +1,6 @@
 """The encoder-kind seam: what every kind of subject encoder gives the five nodes.
 
-A kind (MS-Diffusion on SDXL, SSR-Encoder on SD1.5, ...) recognises its checkpoint by its
+A kind (one method on one base model, e.g. MS-Diffusion on SDXL) recognises its checkpoint by its
 keys, loads it, encodes a reference, checks and patches a MODEL, and owns its layer map. The
 nodes and the generic glue (the attn2 chain, the per-run wrapper, routing, layouts, previews)
 only ever talk to this interface, so a new kind is a new folder plus one line in the registry.
@@ -8,23 +8,18 @@ only ever talk to this interface, so a new kind is a new folder plus one line in
 
 from __future__ import annotations
 
-import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
+from weakref import WeakKeyDictionary
 
 import torch
 
-from ..auto_routing import AutoRouting
 from ...models.safe_text import quoted
-
-
-_SERIALS = itertools.count(1)
-MAX_ENCODINGS_KEPT = 4  # per subject: one per encoder it was applied with, the oldest dropped first
 
 
 class SubjectSetupError(ValueError):
@@ -137,7 +132,10 @@ class ApplySettings:
     end_percent: float = 1.0
     drop_grounding: bool = False
     feather: float = 0.0
-    auto: AutoRouting | None = None
+    auto_routing: bool = False  # refine the routes from the model's own attention to each phrase
+    phrase_tokens: tuple[tuple[int, ...], ...] = ()  # auto routing: each subject's token positions in the prompt
+    mask_threshold: float = 0.5  # auto routing: attention needed to join a subject's route
+    start_step: int = 5  # auto routing: the boxes route the steps before this one
     prompt: str = ""  # the positive prompt text (auto routing, token positions)
     kind_settings: Mapping[str, Any] = field(default_factory=lambda: NO_SETTINGS)  # the kind's own settings, checked and defaulted (Capabilities.kind_settings)
 
@@ -149,8 +147,8 @@ class ApplySettings:
         check_number("start_percent", self.start_percent, 0.0, 1.0)
         check_number("end_percent", self.end_percent, 0.0, 1.0)
         check_number("feather", self.feather, 0.0, MAX_FEATHER)
-        if self.auto is not None:
-            check_number("mask_threshold", self.auto.mask_threshold, 0.0, 1.0)
+        if self.auto_routing:
+            check_number("mask_threshold", self.mask_threshold, 0.0, 1.0)
 
 
 MAX_SCALE = 3.0  # the scale widget's maximum; far above it the subjects' values swamp the text (black images)
@@ -209,16 +207,11 @@ def missing_clip_message(why: str, checkpoint: str = "") -> str:
             "checkpoint's CLIP (the CLIP output of Load Checkpoint) to Encode Reference's clip")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Subject:
-    """One entry of the MSP_SUBJECTS list: the reference and what each encoder made of it.
-
-    Encodings are memoised on the subject under the encoder's ``encoding_key``, so an Apply
-    that re-runs (a new scale, a new layout) does not encode the references again.
-    """
+    """One entry of the MSP_SUBJECTS list: the reference as Encode Reference made it (never changed afterwards)."""
 
     reference: Reference
-    encodings: dict = field(default_factory=dict, repr=False)
 
     @property
     def phrase(self) -> str:
@@ -229,12 +222,7 @@ class Subject:
         return self.reference.tokenizer
 
     def encoded(self, encoder: SubjectEncoder) -> Any:
-        key = encoder.encoding_key()
-        if key not in self.encodings:
-            if len(self.encodings) >= MAX_ENCODINGS_KEPT:  # encoders reloaded on a long-running server: keep the newest
-                del self.encodings[next(iter(self.encodings))]
-            self.encodings[key] = encoder.encode(self.reference)
-        return self.encodings[key]
+        return encoder.encoded(self.reference)
 
 
 def encodings_of(encoder: SubjectEncoder, subjects: tuple[Subject, ...]) -> list:
@@ -283,18 +271,25 @@ class SubjectEncoder(ABC):
         """This kind's own settings from ``settings``: checked, and defaulted where not given."""
         return self.capabilities.kind_settings(settings.kind_settings)
 
-    def encoding_key(self) -> Hashable:
-        """Under which key a subject's encoding is memoised: override when it depends on this encoder's weights
-        (use ``serial``, never ``id()``: an id is reused once its object is freed, and a memo would then hand out
-        another encoder's encodings)."""
-        return self.kind
-
     @property
-    def serial(self) -> int:
-        """A number no other encoder of this process ever gets."""
-        if "_serial" not in self.__dict__:
-            self.__dict__["_serial"] = next(_SERIALS)
-        return self.__dict__["_serial"]
+    def encodings(self) -> WeakKeyDictionary:
+        """This encoder's memo: reference -> encoding, dropped with the reference (Encode Reference's output).
+
+        An Apply that re-runs (a new scale, a new layout) does not encode the references again,
+        and nothing is written into an upstream node's output.
+        """
+        return self.__dict__.setdefault("_encodings", WeakKeyDictionary())
+
+    def encoded(self, reference: Reference) -> Any:
+        """``reference``'s encoding by this encoder, memoised."""
+        if reference not in self.encodings:
+            self.encodings[reference] = self.encode(reference)
+        return self.encodings[reference]
+
+    def with_encoding(self, reference: Reference, encoding: Any) -> Subject:
+        """A subject whose encoding by this encoder is already made (the bench and tests feed made-up encodings)."""
+        self.encodings[reference] = encoding
+        return Subject(reference)
 
     def with_style_model(self, style_model) -> SubjectEncoder:
         """This encoder with partner weights from a STYLE_MODEL (Load Subject Encoder's optional input)."""

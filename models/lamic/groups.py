@@ -85,51 +85,57 @@ def token_groups(text: TextLayout, regions: Sequence[torch.Tensor], reference_to
     ``regions``: one bool [target tokens] per reference (``regions`` module); ``reference_tokens``:
     each reference's token count, in order after the target; ``deoverlap``: per reference the
     1-based references whose original regions it loses in stage 1. UReg is added iff no single
-    region covers the whole target. Every token must be in at least one group.
+    region covers the whole target (it may be empty).
+
+    Beyond the official code: when references subtract each other (de-overlap both ways), target
+    tokens can lose every region in stage 1; the official mask then lets them attend to nothing
+    (NaN). Here they join UReg in stage 1 (added, empty in stage 2, if there was none), so every
+    token is in some group in both stages.
     """
-    if len(regions) != len(reference_tokens):
-        raise ValueError(f"{len(regions)} regions for {len(reference_tokens)} references: give one region per reference")
-    if not regions:
-        raise ValueError("LAMIC needs at least one reference")
+    if not regions or len(regions) != len(reference_tokens):
+        raise ValueError(f"{len(regions)} regions for {len(reference_tokens)} references: give one region per reference (at least one)")
     target = regions[0].numel()
-    text_groups = [Group.from_name(name) for name in text.groups()]
-    sads = sorted((g for g in text_groups if g.kind == "SAD"), key=lambda g: g.reference)
-    if sads and sads[-1].reference > len(regions):
-        raise ValueError(f"text group {sads[-1].name} has no reference; there are {len(regions)}")
+    if any(region.shape != (target,) for region in regions):
+        raise ValueError("every region must be a bool vector over the same target tokens")
+    ordered_text = sorted(map(Group.from_name, text.groups()), key=lambda g: (GROUP_ORDER.index(g.kind), g.reference or 0))
+    extra_sads = [g.name for g in ordered_text if g.kind == "SAD" and g.reference > len(regions)]
+    if extra_sads:
+        raise ValueError(f"text group {extra_sads[0]} has no reference; there are {len(regions)}")
     size = text.length + target + sum(reference_tokens)
 
-    def rows(spans_of_groups):
-        matrix = torch.zeros(len(spans_of_groups), size, dtype=torch.bool)
-        for row, spans in enumerate(spans_of_groups):
-            for start, end in spans:
-                matrix[row, start:end] = True
-        return matrix
-
-    def text_spans(group):
-        return [(s.start, s.end) for s in text.spans if s.group == group.name]
-
-    def region_row(region):
+    def span_row(spans):
         row = torch.zeros(size, dtype=torch.bool)
+        for start, end in spans:
+            row[start:end] = True
+        return row
+
+    def target_row(region):
+        row = span_row([])
         row[text.length:text.length + target] = region
         return row
 
-    ordered_text = sads + [g for g in text_groups if g.kind == "CEI"] + [g for g in text_groups if g.kind == PADDING_GROUP]
+    groups, full, stage1 = [], [], []
+
+    def add(group, row, row_stage1=None):
+        groups.append(group)
+        full.append(row)
+        stage1.append(row if row_stage1 is None else row_stage1)
+
+    for group in ordered_text:
+        add(group, span_row([(s.start, s.end) for s in text.spans if s.group == group.name]))
+    stage1_regions = deoverlap_regions(regions, deoverlap)
+    for i, (region, region_stage1) in enumerate(zip(regions, stage1_regions)):
+        add(Group("Reg", i + 1), target_row(region), target_row(region_stage1))
     uncovered = uncontrolled_region(regions)
-    starts = [text.length + target + sum(reference_tokens[:i]) for i in range(len(reference_tokens))]
-    groups = (*ordered_text, *(Group("Reg", i + 1) for i in range(len(regions))),
-              *((Group("UReg"),) if uncovered is not None else ()), *(Group("Ref", i + 1) for i in range(len(regions))))
-    text_rows = rows([text_spans(g) for g in ordered_text])
-    ref_rows = rows([[(start, start + count)] for start, count in zip(starts, reference_tokens)])
-    extra = [region_row(uncovered)] if uncovered is not None else []
-
-    def membership(region_list):
-        return torch.cat([text_rows, torch.stack([region_row(r) for r in region_list] + extra), ref_rows])
-
-    full = membership(regions)
-    uncovered_tokens = ~full.any(0)
-    if uncovered_tokens.any():
-        raise ValueError(f"token {int(uncovered_tokens.nonzero()[0])} is in no group: the text layout must cover the text")
-    return TokenGroups(groups, full, membership(deoverlap_regions(regions, deoverlap)))
+    orphans = torch.stack(list(regions)).any(0) & ~torch.stack(stage1_regions).any(0)
+    if uncovered is not None or orphans.any():
+        base = uncovered if uncovered is not None else torch.zeros(target, dtype=torch.bool)
+        add(Group("UReg"), target_row(base), target_row(base | orphans))
+    start = text.length + target
+    for i, count in enumerate(reference_tokens):
+        add(Group("Ref", i + 1), span_row([(start, start + count)]))
+        start += count
+    return TokenGroups(tuple(groups), torch.stack(full), torch.stack(stage1))
 
 
 def rule_table(groups: Sequence[Group], stage: int, *, empty_padding_quirk: bool = False) -> torch.Tensor:
@@ -189,14 +195,12 @@ def stage_mask(groups: TokenGroups, stage: int, *, deoverlap: bool = True) -> Cl
 
 def soft_bias(mask: ClassMask, groups: Sequence[Group], strengths: Sequence[float]) -> torch.Tensor:
     """[C, C] float32 additive bias of the soft mode (module docstring): 0 where allowed, log(1 - s) where not."""
-    if any(not 0.0 <= s <= 1.0 for s in strengths):
-        raise ValueError(f"reference strengths must be in [0, 1], got {list(strengths)}")
-    n = len(strengths)
+    n = sum(group.kind == "Ref" for group in groups)
+    if len(strengths) != n or any(not 0.0 <= s <= 1.0 for s in strengths):
+        raise ValueError(f"give one strength in [0, 1] per reference ({n}), got {list(strengths)[:16]}")
     owner = torch.zeros(len(groups), n, dtype=torch.bool)
     for row, group in enumerate(groups):
         if group.kind in REFERENCE_KINDS:
-            if group.reference > n:
-                raise ValueError(f"{group.name} has no strength; {n} were given")
             owner[row, group.reference - 1] = True
     class_refs = (mask.class_groups.float() @ owner.float()) > 0  # [C, n]
     strength = torch.tensor([float(s) for s in strengths])

@@ -98,8 +98,3 @@ def pack_tokens(latent: torch.Tensor, patch: int = 2) -> torch.Tensor:
     grid = latent.reshape(b, c, h // patch, patch, w // patch, patch)
     return grid.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
-
-def grid_ids(tokens_h: int, tokens_w: int, index: float) -> torch.Tensor:
-    """[h*w, 3] RoPE ids (index, y, x); LAMIC gives the target index 0 and every reference index 1."""
-    y, x = torch.meshgrid(torch.arange(tokens_h), torch.arange(tokens_w), indexing="ij")
-    return torch.stack([torch.full(y.shape, float(index)), y.float(), x.float()], -1).reshape(-1, 3)

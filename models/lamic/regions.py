@@ -13,8 +13,9 @@ token of 2x2 cells belongs to a region iff the mean of its cells is > 0.5:
 ``RegionGrid`` is generic: ``patch`` latent cells per token side and ``cell_px`` pixels per cell
 (Kontext and Qwen-Image: 8 px cells, patch 2; FLUX.2: 16 px cells, patch 1, or the 8 px / patch 2
 grid to select exactly the tokens Kontext would at the same pixel size). A grid whose cell count is
-not a multiple of ``patch`` is zero-padded at the bottom and right, as ComfyUI's ``pad_to_patch_size``
-adds tokens there.
+not a multiple of ``patch`` gets extra tokens at the bottom and right, as ComfyUI's
+``pad_to_patch_size`` adds them; their mean is over their real cells only (the official code
+cannot take such a size).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class RegionGrid:
 
 
 def cells_to_tokens(grid: RegionGrid, cells: torch.Tensor) -> torch.Tensor:
-    """[cells_h, cells_w] cell weights -> bool [tokens]: the mean of a token's cells is > 0.5."""
-    padded = F.pad(cells.float()[None, None], (0, grid.tokens_w * grid.patch - grid.cells_w,
-                                               0, grid.tokens_h * grid.patch - grid.cells_h))
-    return (F.avg_pool2d(padded, grid.patch)[0, 0] > 0.5).flatten()
+    """[cells_h, cells_w] cell weights -> bool [tokens]: the mean of a token's (real, unpadded) cells is > 0.5."""
+    padding = (0, grid.tokens_w * grid.patch - grid.cells_w, 0, grid.tokens_h * grid.patch - grid.cells_h)
+    total = F.avg_pool2d(F.pad(cells.float()[None, None], padding), grid.patch)
+    real = F.avg_pool2d(F.pad(torch.ones(1, 1, grid.cells_h, grid.cells_w), padding), grid.patch)
+    return (total / real > 0.5)[0, 0].flatten()
 
 
 def whole_region(grid: RegionGrid) -> torch.Tensor:

@@ -141,6 +141,8 @@ def test_named_errors(kontext, lamic, tiny):
     refs = raw_references()
     with pytest.raises(SetupError, match="needs the references"):
         sample(apply(lamic, kontext), conditioning(1))
+    plain_negative = sample(apply(lamic, kontext), conditioning(1, refs), conditioning(2), cfg=2.0, steps=2)
+    assert torch.isfinite(plain_negative).all()  # a negative without references runs its rows unmasked
     with pytest.raises(SetupError, match="1 reference latent"):
         sample(apply(lamic, kontext), conditioning(1, refs[:1]))
     with pytest.raises(SetupError, match="3 box"):
@@ -173,3 +175,40 @@ def test_preview_measures_each_references_in_box_share(kontext, lamic):
         assert len(notes) == 2 and notes[0].startswith("in-box attention share, steps 1-2: 1 a corgi ")
     assert all(float(s.min()) >= 0.999 for _, _, s in shares["lamic"])
     assert all(float(s.max()) < 0.95 for _, _, s in shares["free"])
+
+
+def test_a_lora_in_the_graph_stays_applied(kontext, lamic):
+    """LAMIC clones whatever MODEL it gets: a LoRA (weight patch) applied before Apply still acts."""
+    key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    weight = kontext.model.state_dict()[key]
+    with_lora = kontext.clone()
+    with_lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)) * 0.5,)}, 1.0)
+    positive = conditioning(1, raw_references())
+    patched = apply(lamic, with_lora)
+    assert key in patched.patches
+    assert (sample(patched, positive, steps=2) - sample(apply(lamic, kontext), positive, steps=2)).abs().max() > 1e-3
+
+
+def test_mask_regions_from_draw_layout_box(kontext, lamic):
+    """A MASK on Draw Layout Box gives LAMIC the painted shapes, not only their bounding boxes."""
+    draw = pack("nodes.draw_layout_box").DrawLayoutBox
+    token_layout = pack("attention_patches.dit.token_layout")
+    kontext_adapter = pack("attention_patches.kinds.lamic.kontext").KontextAdapter()
+    mask = torch.zeros(2, 64, 64)
+    mask[0, :, :16] = 1
+    mask[0, 48:, :] = 1  # an L: its bounding box is the whole image
+    mask[1, 8:24, 40:56] = 1
+    drawn = draw.execute(boxes="[]", width=64, height=64, preset="custom", mask=mask).args[0]
+    assert len(drawn.regions) == 2 and drawn.boxes[0].x2 == 1.0 and drawn.boxes[0].y1 == 0.0
+    call = token_layout.TokenLayout(512, (4, 4), ((2, 2), (2, 2)), (8, 8))
+    sads = [s.encoded(lamic).sad for s in subjects()]
+    shaped = encoder_mod.LamicMasks(kontext_adapter, sads, CEI, drawn.tensor(), ((), ()), None, True, drawn.regions)(call, 2)
+    boxed = encoder_mod.LamicMasks(kontext_adapter, sads, CEI, drawn.tensor(), ((), ()), None, True)(call, 2)
+    target = slice(512, 528)
+    reference_1 = 528  # the first token of reference 1
+    allowed = shaped.dense_mask()[target, reference_1] == 0
+    expected = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool).flatten()
+    assert torch.equal(allowed, expected)  # only the L's tokens see reference 1
+    assert bool((boxed.dense_mask()[target, reference_1] == 0).all())  # its bounding box: every token
+    patched = apply(lamic, kontext, lay=drawn)
+    assert torch.isfinite(sample(patched, conditioning(1, raw_references()), steps=2)).all()

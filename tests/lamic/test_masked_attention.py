@@ -56,7 +56,7 @@ def test_flat_layout_positional_mask_and_incoming_mask():
     func = comfy_attention.attention_pytorch.__wrapped__
     override = masked.MaskedAttention()
     options = {masked.CLASSES_KEY: classes}
-    out = override(func, q, k, v, 2, incoming, transformer_options=options)
+    out = override(func, q, k, v, 2, incoming, None, transformer_options=options)  # mask and attn_precision positional
     combined = classes.dense_mask() + incoming
     assert (out - func(q, k, v, 2, mask=combined)).abs().max() <= EXACT
 

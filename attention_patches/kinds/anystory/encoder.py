@@ -134,9 +134,6 @@ class AnyStoryEncoder(SubjectEncoder):
                 AnyStoryLoRAs(self.weights), load_device=devices[0], offload_device=devices[1])
         return self._lora_patchers[devices]
 
-    def encoding_key(self):
-        return (self.kind, self.serial)  # with_style_model makes a new encoder, so the Redux weights are part of it
-
     def embedders(self) -> tuple[GatedPoolingEmbedder, GatedPoolingEmbedder]:
         if self._embedders is None:
             base = self.redux_base
@@ -191,7 +188,7 @@ class AnyStoryEncoder(SubjectEncoder):
 
     def apply(self, model, subjects, layout, settings: ApplySettings, recorder=None):
         self.check_model(model)
-        if settings.auto is not None:
+        if settings.auto_routing:
             raise SubjectSetupError("AnyStory routes every token with its own learned router; turn auto_routing off "
                                     "(Router Mask Preview shows the learned routes)")
         if not subjects:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -73,9 +73,6 @@ class FastComposerEncoder(SubjectEncoder):
         encoder = cls(Path(path).name, load_weights(path))
         log.info("loaded FastComposer encoder %s: vision %s", Path(path).name, encoder.vision)
         return encoder
-
-    def encoding_key(self) -> Hashable:
-        return (self.kind, self.serial, self.object_resolution)
 
     @torch.no_grad()
     def object_embeddings(self, views: torch.Tensor) -> torch.Tensor:

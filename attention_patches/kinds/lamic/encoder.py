@@ -5,7 +5,8 @@ How the five nodes map onto LAMIC:
 - Encode Reference: the image (VAE-encoded in VAE mode when its ``vae`` is connected; otherwise the
   conditioning's ReferenceLatent i is reference i), the ``phrase`` (SAD id) and the ``description``
   (SAD desc): SAD_i = phrase + "," + description + ".".
-- Draw Layout Box: box i is reference i's region (normalised boxes; LAMIC's truncation rule).
+- Draw Layout Box: box i is reference i's region (normalised boxes, LAMIC's truncation rule; with a MASK
+  connected, the painted region itself).
 - Apply: ``prompt`` must be the exact text the positive CLIP Text Encode encodes, SAD_1..SAD_n + CEI
   joined without separators (the kind checks the SAD prefix and takes the rest as CEI; nothing is
   rewritten behind the artist's back). ``subject_scales``: per-reference strength in [0, 1] (soft
@@ -144,7 +145,7 @@ class LamicEncoder(SubjectEncoder):
         if len(layout.boxes) != count:
             raise SubjectSetupError(f"the layout has {len(layout.boxes)} box(es) for {count} reference(s); draw one box per "
                                     "Encode Reference, in the same order")
-        if settings.auto is not None:
+        if settings.auto_routing:
             raise SubjectSetupError("LAMIC routes by its layout masks; turn auto_routing off")
         encodings = encodings_of(self, tuple(subjects))
         sads = [e.sad for e in encodings]
@@ -161,7 +162,7 @@ class LamicEncoder(SubjectEncoder):
             adapter.text_layout(sads, cei, adapter.text_tokens, own["official"])
         strengths = self.strengths(settings, count)
         masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
-                           own["official"])
+                           own["official"], layout.regions)
         patch = LamicPatch(adapter, count, masks, own["first_stage_ratio"], parse_factors(own["enhance_factors"], count),
                            references, Window(settings.start_percent, settings.end_percent),
                            AttentionShareProbe(recorder) if recorder is not None else None)
@@ -206,15 +207,17 @@ class LamicEncoder(SubjectEncoder):
 class LamicMasks:
     """LAMIC's stage masks of one call layout, as token classes (``models.lamic``)."""
 
-    def __init__(self, adapter, sads, cei, boxes: torch.Tensor, deoverlap, strengths, official: bool):
+    def __init__(self, adapter, sads, cei, boxes: torch.Tensor, deoverlap, strengths, official: bool, regions=None):
         self.adapter, self.sads, self.cei, self.boxes = adapter, list(sads), cei, boxes
+        self.regions = regions if regions is not None else (None,) * boxes.shape[0]  # MASK regions, where the layout has them
         self.deoverlap, self.strengths, self.official = deoverlap, strengths, official
 
     def __call__(self, layout: TokenLayout, stage: int) -> TokenClasses:
         text = self.adapter.call_text_layout(layout, self.sads, self.cei, self.official)
         cells = layout.target_cells or (layout.target_grid[0] * 2, layout.target_grid[1] * 2)
         grid = lamic_regions.RegionGrid(cells[0], cells[1], patch=self.adapter.patch_size)
-        regions = [lamic_regions.box_region(grid, box.tolist()) for box in self.boxes]
+        regions = [lamic_regions.box_region(grid, box.tolist()) if region is None else lamic_regions.mask_region(grid, region)
+                   for box, region in zip(self.boxes, self.regions)]
         try:
             groups = lamic_groups.token_groups(text, regions, layout.references, self.deoverlap)
         except ValueError as e:

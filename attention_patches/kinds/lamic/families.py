@@ -20,7 +20,6 @@ import torch
 import comfy.patcher_extension
 
 from ....models.lamic.text import TextLayout
-from ...dit import masked_attention
 from ...dit.token_layout import TokenLayout, joint_layout
 from ..base import SubjectSetupError
 
@@ -79,9 +78,8 @@ class FamilyAdapter(ABC):
         """Register the RoPE id patch this family needs on ``model`` (a clone); none by default."""
 
     def install(self, model, wrapper: Callable[..., Any]) -> None:
-        """Hook ``wrapper`` around every diffusion-model call of ``model`` (a clone) and install the masked attention."""
+        """Hook ``wrapper`` around every diffusion-model call of ``model`` (a clone); it restricts the call's attention."""
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
-        masked_attention.install(model)
         self.install_id_patch(model)
 
 

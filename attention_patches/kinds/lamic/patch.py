@@ -20,7 +20,8 @@ import torch
 import comfy.patcher_extension
 
 from ....models.lamic.schedule import stage_of_step
-from ...dit.masked_attention import CLASSES_KEY, TokenClasses
+from ...dit import masked_attention
+from ...dit.masked_attention import TokenClasses
 from ...dit.token_layout import TokenLayout
 from ...patch import sampling_step
 from ..base import SubjectSetupError
@@ -127,19 +128,26 @@ class LamicPatch:
         step = sampling_step(transformer_options)
         if not self.window.contains(step, steps):
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        if not self.adapter.reference_latents(ref_latents) and self.references is None and only_negative_rows(transformer_options):
+            # a negative prompt without ReferenceLatent (plain CFG): nothing to place, its rows run unmasked
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         refs = self.reference_latents(ref_latents, x.shape[0], x.device, x.dtype)
         self.check_channels(refs, x.shape[1])
         self.adapter.check_context(context)
         stage = stage_of_step(step, steps, self.first_stage_ratio)
         layout = self.adapter.token_layout(x, context, refs)
-        transformer_options[CLASSES_KEY] = self.classes(layout, stage)
+        classes = self.classes(layout, stage)
         self.stages_seen.append(stage)
-        try:
-            with self.adapter.id_context():
-                return executor(x, timestep, context, y, guidance, refs, control, transformer_options,
-                                **self.adapter.call_kwargs(kwargs))
-        finally:
-            transformer_options.pop(CLASSES_KEY, None)
+        with masked_attention.restricted(transformer_options, classes), self.adapter.id_context():
+            return executor(x, timestep, context, y, guidance, refs, control, transformer_options, **self.adapter.call_kwargs(kwargs))
+
+
+UNCOND = 1  # ComfyUI's cond_or_uncond marker of a negative chunk
+
+
+def only_negative_rows(transformer_options: dict) -> bool:
+    chunks = transformer_options.get("cond_or_uncond") or ()
+    return bool(chunks) and all(chunk == UNCOND for chunk in chunks)
 
 
 class AttentionShareProbe:

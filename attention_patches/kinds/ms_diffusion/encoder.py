@@ -15,8 +15,8 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ....models.loader import SubjectEncoderFormatError, load_encoder
-from ....models.ms_diffusion import MSDiffusionEncoder
+from ....models.ms_diffusion.loader import SubjectEncoderFormatError, load_encoder
+from ....models.ms_diffusion.model import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
 from ...references import blank_background, image_encoder_family

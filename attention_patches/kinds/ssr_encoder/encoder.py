@@ -10,7 +10,7 @@ each subject attends only inside its box; without one, everywhere (the official 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,9 +107,6 @@ class SSREncoder(SubjectEncoder):
     @property
     def layer_keys(self) -> dict[int, AttnKey]:
         return {index: SD15_LAYERS[index].key for index in self.checkpoint.layers.indices}
-
-    def encoding_key(self) -> Hashable:
-        return (self.kind, self.serial, self.mask_crop, self.mask_antialias)
 
     def _loaded(self) -> tuple[torch.device, torch.dtype]:
         mm.load_models_gpu([self.patcher])
