@@ -85,11 +85,81 @@ def tiny_qwen_edit_clip(seed: int = 33):
     return clip
 
 
-def tiny_qwen_vae(seed: int = 34, dim: int = 8):
-    """The Wan 2.1 VAE (Qwen-Image's; 16 channels, 8x, 5-D latents) at a tiny base width, detected by ComfyUI's VAE."""
+MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+                    "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
+                    "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+
+
+def tiny_tekken() -> bytes:
+    """A byte-level tekken vocabulary (Mistral's format, the real special tokens): what the text-encoder file carries."""
+    import base64
+    import json
+
+    vocab = [{"rank": i, "token_bytes": base64.b64encode(bytes([i])).decode()} for i in range(256)]
+    specials = [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(MISTRAL_SPECIALS)]
+    size = len(vocab) + len(specials)
+    return json.dumps({"config": {"default_vocab_size": size, "pattern": ".", "num_vocab_tokens": size},
+                       "vocab": vocab, "special_tokens": specials}).encode()
+
+
+def tiny_flux2_clip(seed: int = 35):
+    """FLUX.2's text encoder (ComfyUI's Mistral-3 with layers 10/20/30 stacked, Flux2Tokenizer's template) at a tiny width
+    and a tiny vocabulary: context width 3 x 16 = FLUX2_TXT_DIM."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.Flux2Tokenizer, comfy.text_encoders.flux.flux2_te())
+    options = {"mistral3_24b_model_config": {"vocab_size": 256 + len(MISTRAL_SPECIALS), "hidden_size": FLUX2_TXT_DIM // 3,
+                                             "intermediate_size": 32, "num_hidden_layers": 31, "num_attention_heads": 2,
+                                             "num_key_value_heads": 1},
+               "dtype": torch.float32}
+    clip = comfy.sd.CLIP(target=target, model_options=options, tokenizer_data={"tekken_model": tiny_tekken()})
+    fill_seeded(clip.cond_stage_model, seed)
+    return clip
+
+
+class PatchVAE(torch.nn.Module):
+    """One strided convolution each way: a VAE network fast enough for 1 MP references on a CPU (TAESD takes tens of
+    seconds there); ``frames``: 5-D [B, C, T, H, W] latents as the Wan 2.1 VAE (Qwen-Image) gives them."""
+
+    def __init__(self, channels: int, factor: int, frames: bool, seed: int):
+        super().__init__()
+        self.frames = frames
+        self.down = torch.nn.Conv2d(3, channels, factor, stride=factor)
+        self.up = torch.nn.ConvTranspose2d(channels, 3, factor, stride=factor)
+        fill_seeded(self, seed)
+
+    def encode(self, x):
+        if self.frames:
+            return torch.stack([self.down(x[:, :, t]) for t in range(x.shape[2])], dim=2)
+        return self.down(x)
+
+    def decode(self, z, **kwargs):
+        if self.frames:
+            return torch.stack([self.up(z[:, :, t]) for t in range(z.shape[2])], dim=2)
+        return self.up(z)
+
+
+def tiny_qwen_vae(seed: int = 34):
+    """Qwen-Image's VAE as ComfyUI sets it up (the Wan 2.1 VAE's detection: 5-D latents, 16 channels, 8x), its network
+    a :class:`PatchVAE`."""
     import comfy.ldm.wan.vae
     import comfy.sd
 
-    wan = comfy.ldm.wan.vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    wan = comfy.ldm.wan.vae.WanVAE(dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                    temperal_downsample=[False, True, True], dropout=0.0)
-    return comfy.sd.VAE(sd=fill_seeded(wan, seed).state_dict())
+    vae = comfy.sd.VAE(sd=wan.state_dict())
+    vae.first_stage_model = PatchVAE(16, 8, True, seed)
+    return vae
+
+
+def tiny_flux2_vae(seed: int = 36):
+    """FLUX.2's VAE interface (128 channels at 1/16 of the pixels), its network a :class:`PatchVAE`."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    vae = comfy.sd.VAE(sd=comfy.taesd.taesd.TAESD(latent_channels=16).state_dict())
+    vae.first_stage_model = PatchVAE(FLUX2_CHANNELS, 16, False, seed)
+    vae.latent_channels, vae.downscale_ratio, vae.upscale_ratio = FLUX2_CHANNELS, 16, 16
+    return vae

@@ -119,8 +119,13 @@ def shrink(prompt: dict, steps: int = TEST_STEPS) -> dict:
 
     Router Mask Preview keeps the example's steps: those beyond the shortened run are reported, not failed.
     """
+    # TextEncodeQwenImageEditPlus encodes its references at 1 MP whatever the output size: one CFG row keeps the run
+    # short (both rows: tests/lamic/test_qwen_properties.py)
+    one_row = any(node["class_type"] == "TextEncodeQwenImageEditPlus" for node in prompt.values())
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
+        if kind == "KSampler" and one_row:
+            inputs["cfg"] = 1.0
         if kind in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyFlux2LatentImage", "MSP_DrawLayoutBox"):
             for key in ("width", "height"):
                 inputs[key] = max(64, inputs[key] // SHRINK // 8 * 8)
