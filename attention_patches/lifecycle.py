@@ -77,13 +77,19 @@ def patched_clone(model: comfy.model_patcher.ModelPatcher, patches: PatchSet) ->
         if wrapper not in clone.get_wrappers(wrapper_type, CALLBACK_KEY):  # a second Apply of the same kind
             clone.add_wrapper_with_key(wrapper_type, CALLBACK_KEY, wrapper)
     for owner in patches.run_scoped:
-        clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, CALLBACK_KEY, _RunCallback(owner, starts=True))
-        clone.add_callback_with_key(CallbacksMP.ON_CLEANUP, CALLBACK_KEY, _RunCallback(owner, starts=False))
+        register_run_scoped(clone, owner)
     return clone
 
 
+def register_run_scoped(model: comfy.model_patcher.ModelPatcher, owner: RunScoped) -> None:
+    """Start ``owner``'s run at ComfyUI's ON_PRE_RUN and free its caches at ON_CLEANUP (also after an error) on ``model``,
+    a clone the caller made (for kinds that install their patches themselves)."""
+    model.add_callback_with_key(CallbacksMP.ON_PRE_RUN, CALLBACK_KEY, _RunCallback(owner, starts=True))
+    model.add_callback_with_key(CallbacksMP.ON_CLEANUP, CALLBACK_KEY, _RunCallback(owner, starts=False))
+
+
 def run_scoped_of(model: comfy.model_patcher.ModelPatcher) -> list[RunScoped]:
-    """Every per-run owner registered on ``model`` by :func:`patched_clone` (each once)."""
+    """Every per-run owner registered on ``model`` by :func:`patched_clone` / :func:`register_run_scoped` (each once)."""
     owners = {}
     for callback in model.get_callbacks(CallbacksMP.ON_CLEANUP, CALLBACK_KEY):
         if isinstance(callback, _RunCallback):
