@@ -69,6 +69,11 @@ def _rebuild_tensor(storage, _offset, size, *_args):
     return TensorStub(storage, tuple(size))
 
 
+def _rebuild_tensor_v3(storage, _offset, size, _stride, _requires_grad, _hooks, _dtype, *_args):
+    """torch.save's form for dtypes without a typed storage class (fp8): an untyped (byte) storage plus the dtype."""
+    return TensorStub(storage, tuple(size))
+
+
 def _rebuild_parameter(data, *_args):
     return data
 
@@ -78,6 +83,8 @@ class _StructureUnpickler(pickle.Unpickler):
 
     ALLOWED = {
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch.storage", "UntypedStorage"): torch.uint8,  # its numel counts bytes
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
@@ -87,6 +94,8 @@ class _StructureUnpickler(pickle.Unpickler):
             return self.ALLOWED[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return STORAGE_DTYPES[name]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):  # _rebuild_tensor_v3's dtype argument
+            return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
 
     def persistent_load(self, pid):

@@ -22,6 +22,7 @@ from ....models.anystory import reference as ref_inputs
 from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
+from ...encode_dtype import encoding_dtype
 from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
@@ -164,8 +165,9 @@ class AnyStoryEncoder(SubjectEncoder):
         mask = reference.mask[0] if reference.mask is not None else None
         features, tokens = siglip_features(reference.clip_vision, image, mask)
         device = mm.get_torch_device()
-        redux = redux_embedder.to(device)(features.to(device), tokens.to(device)).cpu()
-        router = router_embedder.to(device)(features.to(device), tokens.to(device)).cpu()
+        features = features.to(device, encoding_dtype(device))
+        redux = redux_embedder.to(device)(features, tokens.to(device)).float().cpu()
+        router = router_embedder.to(device)(features, tokens.to(device)).float().cpu()
         redux_embedder.to("cpu"), router_embedder.to("cpu")
         latent, ref_mask = reference_latent(reference.vae, image, mask)
         if latent.shape[-1] != self.weights.ref.deltas["img_in"][0].down.shape[1]:

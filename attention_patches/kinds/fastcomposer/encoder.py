@@ -17,6 +17,7 @@ import comfy.patcher_extension
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
+from ...encode_dtype import encoding_dtype
 from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
 from .model_check import check_model, cross_attention_blocks
@@ -45,9 +46,8 @@ class FastComposerEncoder(SubjectEncoder):
         self.unet_fingerprint = weights.unet_fingerprint
         self.object_resolution = object_resolution
         load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-        # ComfyUI's CLIP-vision dtype, but fp32 on a CPU (where half precision is slow and loses the goldens)
-        dtype = torch.float32 if mm.is_device_cpu(load_device) else mm.text_encoder_dtype(load_device)
-        self.image_encoder = comfy.clip_model.CLIPVisionModelProjection(weights.vision, dtype, offload_device, comfy.ops.manual_cast)
+        self.image_encoder = comfy.clip_model.CLIPVisionModelProjection(weights.vision, encoding_dtype(load_device), offload_device,
+                                                                        comfy.ops.manual_cast)
         try:
             self.image_encoder.load_state_dict(weights.image_encoder, strict=True)
         except RuntimeError as e:
