@@ -21,7 +21,8 @@ import comfy.model_patcher
 
 from ....models.ssr_encoder.aligner import mask_query_bias
 from ....models.ssr_encoder.layers import SSRLayers
-from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_checkpoint
+from ....models.safe_text import printable
+from ....models.ssr_encoder.loader import SSRCheckpoint, SSRFormatError, file_role, load_ssr_checkpoint
 from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
@@ -93,6 +94,11 @@ class SSREncoder(SubjectEncoder):
     @classmethod
     def load(cls, path: Path) -> SSREncoder:
         checkpoint = load_ssr_checkpoint(path)
+        unknown = sorted(set(checkpoint.layers.indices) - set(SD15_LAYERS))
+        if unknown:
+            raise SSRFormatError(f"{printable(checkpoint.layers_file.name)} has attention layers {unknown[:5]}, which SD1.5's "
+                                 f"UNet does not have (it has {min(SD15_LAYERS)} to {max(SD15_LAYERS)}); the file is damaged or "
+                                 "not SSR-Encoder's. Download it again.")
         modules = torch.nn.ModuleDict({"aligner": checkpoint.aligner, "layers": checkpoint.layers})
         params = sum(p.numel() for p in modules.parameters())
         modules.to(mm.unet_dtype(model_params=params, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
