@@ -209,6 +209,8 @@ class AnyStoryEncoder(SubjectEncoder):
                                     "(Router Mask Preview shows the learned routes)")
         if not subjects:
             raise SubjectSetupError("no subjects: connect Encode Reference")
+        if settings.start_percent >= settings.end_percent:  # the reference stream would never run
+            raise SubjectSetupError(f"start_percent ({settings.start_percent}) must be below end_percent ({settings.end_percent})")
         boxes = None
         if layout is not None:
             boxes = layout.tensor()

@@ -91,6 +91,9 @@ class MSDiffusionSDXL(SubjectEncoder):
         patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
         return cls(Path(path).name, module, patcher)
 
+    def encoding_key(self):
+        return (self.kind, self.serial)  # another file may read other CLIP-Vision features: never reuse its encodings
+
     @property
     def layer_keys(self) -> dict[int, AttnKey]:
         return {index: sdxl_key_for_index(index) for index in self.module.layer_indices}
