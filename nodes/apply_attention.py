@@ -10,7 +10,8 @@ from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
 from ..models.safe_text import quoted
 from .route_capture import routes_consumed
-from .subject_warnings import positive_prompts, show_warnings, subject_warnings
+from .replaced_patches import watch
+from .subject_warnings import positive_prompts, prompt_warnings, show_warnings, subject_warnings
 from .types import CATEGORY, SEARCHABLE, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
 
 NODE_NAME = "Apply Multi-Subject Attention"
@@ -82,6 +83,9 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
                 mask_threshold: float = 0.5, start_step: int = 5, feather: float = 0.0) -> io.NodeOutput:
         phrases = [s.phrase for s in subjects]
         auto = None
+        if auto_routing and subject_encoder.learned_routes:  # checked before auto routing asks for a CLIP it would not use
+            raise SubjectSetupError(f"{NODE_NAME}: {subject_encoder.title} learns every subject's route while sampling; turn "
+                                    "auto_routing off (Router Mask Preview shows the learned routes)")
         if auto_routing:
             auto = AutoRouting(cls._phrase_tokens(subjects, prompt), mask_threshold, start_step)
         hidden = cls.hidden
@@ -102,10 +106,12 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
             patched = subject_encoder.apply(model, tuple(subjects), layout, settings, recorder)
         except SubjectSetupError as e:
             raise SubjectSetupError(f"{NODE_NAME}: {e}") from None
+        node_id = hidden.unique_id if hidden is not None else None
+        watch(model, patched, NODE_NAME, node_id)
         labels = [box.label for box in layout.boxes] if layout is not None else []
         positive = positive_prompts(hidden.prompt, hidden.unique_id) if hidden is not None else []
-        node_id = hidden.unique_id if hidden is not None else None
-        show_warnings(NODE_NAME, node_id, subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else [])))
+        show_warnings(NODE_NAME, node_id, subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else []))
+                      + prompt_warnings(phrases, prompt, positive))
         shown = layout if layout is not None else Layout.whole_image(len(phrases))
         return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 
