@@ -24,7 +24,7 @@ from msp_package import pack
 from tiny_models import save_subject_encoder, tiny_clip_vision, tiny_sdxl_clip, tiny_sdxl_model
 from tiny_sd15 import save_ssr_files, ssr_manifest, tiny_sd15_clip, tiny_sd15_unet, tiny_vit_l
 from tiny_sd15_fastcomposer import save_fastcomposer, tiny_sd15_clip as fastcomposer_clip
-from tiny_models import tiny_sd15_model
+from tiny_models import tiny_sd15_model  # noqa: I001 (FastComposer's stand-in UNet)
 
 nodes = pack("nodes")
 registry = pack("attention_patches.kinds.registry")
@@ -93,6 +93,13 @@ class KindRun:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self._reference = None
+        self._encoders = {}
+
+    def encoder(self, file: Path, file_dtype: str):
+        """The kind's file re-saved in ``file_dtype`` and loaded as Load Subject Encoder does (once per dtype)."""
+        if file_dtype not in self._encoders:
+            self._encoders[file_dtype] = registry.load_subject_encoder(resaved(file, DTYPES[file_dtype], self.tmp / file_dtype))
+        return self._encoders[file_dtype]
 
     def reference(self):
         if self._reference is None:
@@ -109,7 +116,7 @@ class MSDiffusion(KindRun):
         self.plain = sampled(self.model, *self.cond, torch.zeros(1, 4, 16, 16))
 
     def run(self, file_dtype, partner_dtype):
-        encoder = registry.load_subject_encoder(resaved(self.file, DTYPES[file_dtype], self.tmp / file_dtype))
+        encoder = self.encoder(self.file, file_dtype)
         vision = stored_in(tiny_clip_vision(), DTYPES[partner_dtype])
         refs = [dict(clip_vision=vision, clip=self.clip, image=reference_image(i), phrase=p) for i, p in enumerate(("dog", "cat"))]
         patched = applied(self.model, encoder, chained(encoder, refs), layout(BOXES))
@@ -125,8 +132,9 @@ class SSREncoder(KindRun):
         self.plain = sampled(self.model, *self.cond, torch.zeros(1, 4, 16, 16))
 
     def run(self, file_dtype, partner_dtype):
-        aligner, _ = (resaved(f, DTYPES[file_dtype], self.tmp / file_dtype) for f in self.files)
-        encoder = registry.load_subject_encoder(aligner)
+        if file_dtype not in self._encoders:
+            resaved(self.files[1], DTYPES[file_dtype], self.tmp / file_dtype)  # the partner file, found beside the aligner
+        encoder = self.encoder(self.files[0], file_dtype)
         vision = stored_in(tiny_vit_l(), DTYPES[partner_dtype])
         refs = [dict(clip_vision=vision, clip=self.clip, image=reference_image(i), phrase=p) for i, p in enumerate(("dog", "cat"))]
         patched = applied(self.model, encoder, chained(encoder, refs), layout(BOXES))
@@ -144,17 +152,31 @@ class FastComposer(KindRun):
         self.plain = sampled(self.model, *self.cond, torch.zeros(1, 4, 16, 16))
 
     def run(self, file_dtype, partner_dtype):  # its image encoder is in its own file: no partner model
-        encoder = registry.load_subject_encoder(resaved(self.file, DTYPES[file_dtype], self.tmp / file_dtype))
+        encoder = self.encoder(self.file, file_dtype)
         refs = [dict(clip=self.clip, image=reference_image(20 + i), phrase=p) for i, p in enumerate(("man", "woman"))]
         patched = applied(self.model, encoder, chained(encoder, refs), prompt=self.PROMPT)
         return sampled(patched, *self.cond, torch.zeros(1, 4, 16, 16))
+
+
+class EncodedOnce:
+    """The real FLUX VAE stand-in, each reference encoded once: the reference latent depends on no dtype under test,
+    and a 512 px encode per case would be most of this module's time."""
+
+    def __init__(self, vae):
+        self.vae, self.latents = vae, {}
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        key = hash(pixels.numpy().tobytes())
+        if key not in self.latents:
+            self.latents[key] = self.vae.encode(pixels)
+        return self.latents[key]
 
 
 class AnyStory(KindRun):
     def __init__(self, tmp):
         super().__init__(tmp)
         self.model = tiny_flux.tiny_flux_model()
-        self.vae = tiny_flux.tiny_flux_vae()
+        self.vae = EncodedOnce(tiny_flux.tiny_flux_vae())
         self.file = tmp / "fp32" / "anystory_flux.bin"
         self.file.parent.mkdir(parents=True)
         torch.save(tiny_flux.tiny_anystory(base_redux=False), self.file)
@@ -168,16 +190,16 @@ class AnyStory(KindRun):
         module.load_state_dict({k: v.to(dtype) for k, v in tiny_flux.tiny_redux_state().items()})
         return comfy.sd.StyleModel(module)
 
-    def run(self, file_dtype, partner_dtype):
-        partner = DTYPES[partner_dtype]
-        loaded = registry.load_subject_encoder(resaved(self.file, DTYPES[file_dtype], self.tmp / file_dtype))
-        encoder = loaded.with_style_model(self.redux(partner))
-        vision = stored_in(tiny_flux.tiny_siglip(), partner)
+    def references(self, siglip) -> list[dict]:
         mask = torch.zeros(1, 96, 80)
         mask[:, 16:80, 8:72] = 1
-        refs = [dict(clip_vision=vision, vae=self.vae, image=reference_image(i, size=(96, 80)), mask=mask, phrase=p)
+        return [dict(clip_vision=siglip, vae=self.vae, image=reference_image(i, size=(96, 80)), mask=mask, phrase=p)
                 for i, p in enumerate(("dog", "cat"))]
-        patched = applied(self.model, encoder, chained(encoder, refs))
+
+    def run(self, file_dtype, partner_dtype):
+        partner = DTYPES[partner_dtype]
+        encoder = self.encoder(self.file, file_dtype).with_style_model(self.redux(partner))
+        patched = applied(self.model, encoder, chained(encoder, self.references(stored_in(tiny_flux.tiny_siglip(), partner))))
         return sampled(patched, *self.cond, torch.zeros(1, tiny_flux.LATENT_CHANNELS, 8, 8))
 
 
@@ -220,9 +242,8 @@ def test_anystory_with_the_redux_file_found_in_style_models_in_half_precision(ki
     redux_file = run.tmp / "flux1-redux-dev.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in tiny_flux.tiny_redux_state().items()}, str(redux_file))
     encoder_mod = pack("attention_patches.kinds.anystory.encoder")
-    loaded = registry.load_subject_encoder(resaved(run.file, torch.float16, run.tmp / "fp16"))
+    loaded = run.encoder(run.file, "fp16")
     encoder = encoder_mod.AnyStoryEncoder(loaded.name, loaded.weights, safe_load.read_tensors(redux_file)[0])
-    vision = tiny_flux.tiny_siglip()
-    refs = [dict(clip_vision=vision, vae=run.vae, image=reference_image(i, size=(96, 80)), phrase=p) for i, p in enumerate(("dog", "cat"))]
+    refs = run.references(tiny_flux.tiny_siglip())
     out = sampled(applied(run.model, encoder, chained(encoder, refs)), *run.cond, torch.zeros(1, tiny_flux.LATENT_CHANNELS, 8, 8))
     assert torch.isfinite(out).all() and not torch.equal(out, run.plain)
