@@ -247,3 +247,17 @@ def test_anystory_with_the_redux_file_found_in_style_models_in_half_precision(ki
     refs = run.references(tiny_flux.tiny_siglip())
     out = sampled(applied(run.model, encoder, chained(encoder, refs)), *run.cond, torch.zeros(1, tiny_flux.LATENT_CHANNELS, 8, 8))
     assert torch.isfinite(out).all() and not torch.equal(out, run.plain)
+
+
+def test_anystory_converted_by_the_packs_script_to_bf16_samples_like_fp32(kinds):
+    """What scripts/convert_anystory.py --dtype bf16 writes (its main, in this process: the script is tested as a
+    command in test_converter_scripts)."""
+    run = kinds("anystory")
+    converted = run.tmp / "converted" / "anystory_flux.safetensors"
+    converted.parent.mkdir()
+    assert pack("models.anystory.convert").main([str(run.file), str(converted), "--dtype", "bf16"]) == 0
+    assert {t.dtype for t in safe_load.read_tensors(converted)[0].values()} == {torch.bfloat16}
+    encoder = registry.load_subject_encoder(converted).with_style_model(run.redux(torch.float32))
+    out = sampled(applied(run.model, encoder, chained(encoder, run.references(tiny_flux.tiny_siglip()))), *run.cond,
+                  torch.zeros(1, tiny_flux.LATENT_CHANNELS, 8, 8))
+    check(out, run.reference(), run.plain, "bf16")
