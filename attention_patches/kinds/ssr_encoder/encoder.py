@@ -23,7 +23,7 @@ from ....models.ssr_encoder.aligner import mask_query_bias
 from ....models.ssr_encoder.layers import SSRLayers
 from ....models.safe_text import printable
 from ....models.ssr_encoder.loader import SSRCheckpoint, SSRFormatError, file_role, load_ssr_checkpoint
-from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
+from ....models.ssr_encoder.preprocess import CLIP_SIZE, MASK_THRESHOLD, clip_pixels, mask_grid
 from ...references import require_selected
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
@@ -132,8 +132,8 @@ class SSREncoder(SubjectEncoder):
         bias = None
         if reference.mask is not None:
             weight = reference.mask_weight
+            require_selected(reference.mask > MASK_THRESHOLD, reference.mask, f"values above {MASK_THRESHOLD}")
             grid = mask_grid(reference.mask, patch_grid(reference.clip_vision), self.mask_crop, self.mask_antialias)
-            require_selected(grid > 0, reference.mask, "values above 0.5" + (" inside the centre crop CLIP sees" if self.mask_crop else ""))
             bias = mask_query_bias(grid, DEFAULT_MASK_WEIGHT if weight is None else float(weight))
         device, dtype = self._loaded()
         views = features.shape[0]
