@@ -5,17 +5,17 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_attention import ApplyMultiSubjectAttention
-from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
+from .draw_layout_box import DrawLayoutBox
+from ..attention_patches.kinds.registry import KINDS
 from .encode_reference import EncodeReference
+from .kind_settings import settings_nodes
 from .load_subject_encoder import LoadSubjectEncoder
+from .notifier import NOTIFIER
 from .paths import register_model_folders
-from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
 from .safe_errors import loggable_errors
 
 register_model_folders()
-register_prompt_handler()
-register_prompt_handler(settle_unused_boxes)
 
 NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,
@@ -23,6 +23,7 @@ NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     DrawLayoutBox,
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
+    *settings_nodes(KINDS),
 )]
 
 
@@ -33,4 +34,5 @@ class MultiSubjectExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> MultiSubjectExtension:
+    NOTIFIER.connect()  # ComfyUI calls this from its running server
     return MultiSubjectExtension()

@@ -151,7 +151,7 @@ def test_a_soft_mask_below_the_threshold_is_refused_instead_of_encoding_a_blank(
         mask[:, 8:56, 8:40] = level
         out = nodes.EncodeReference.execute(image=reference_image(seed), phrase="man", mask=mask, subject_encoder=encoder,
                                             **inputs)
-        return out.args[0][0].encodings[encoder.encoding_key()]
+        return encoder.encodings[out.args[0][0].reference]
 
     for seed in (0, 1):
         with pytest.raises(ValueError, match=r"MASK selects nothing in view\(s\) 1.*highest value there is 0\.40"):
@@ -196,12 +196,9 @@ def anystory():
     checkpoint, safe_load = pack("models.anystory.checkpoint"), pack("models.safe_load")
     encoder_mod = pack("attention_patches.kinds.anystory.encoder")
     encoder = encoder_mod.AnyStoryEncoder("anystory.bin", checkpoint.build_weights(safe_load.flatten(anystory_tiny.tiny_anystory()), "t"))
-    subjects = []
-    for i, encoding in enumerate(anystory_tiny.tiny_encodings(2)):
-        subject = base.Subject(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)))  # no CLIP: AnyStory never reads one
-        subject.encodings[encoder.encoding_key()] = encoding
-        subjects.append(subject)
-    return anystory_tiny.tiny_flux_model(), encoder, tuple(subjects)
+    subjects = tuple(encoder.with_encoding(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)), encoding)  # no CLIP
+                     for i, encoding in enumerate(anystory_tiny.tiny_encodings(2)))
+    return anystory_tiny.tiny_flux_model(), encoder, subjects
 
 
 @pytest.mark.parametrize("start, end", [(0.5, 0.5), (0.8, 0.2)])
@@ -213,7 +210,7 @@ def test_anystory_refuses_a_window_that_never_opens(anystory, start, end):
 
 def test_anystory_with_auto_routing_names_its_learned_router_not_a_clip(anystory):
     model, encoder, subjects = anystory
-    with pytest.raises(base.SubjectSetupError, match="learns every subject's route") as error:
+    with pytest.raises(base.SubjectSetupError, match="own learned router") as error:
         nodes.ApplyMultiSubjectAttention.execute(model=model, subject_encoder=encoder, subjects=subjects, scale=0.6,
                                                  start_percent=0.0, end_percent=1.0, drop_grounding=False, auto_routing=True,
                                                  prompt="subject 0 and subject 1")
