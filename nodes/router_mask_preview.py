@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..attention_patches.dit.attention_share import shares_by_step_range
-from ..attention_patches.route_preview import LATENT_SCALE, render
+from ..attention_patches.route_preview import LATENT_SCALE, layer_words, render
 from ..models.safe_text import printable
 from .types import CATEGORY, SEARCHABLE, RoutesSocket
 
@@ -122,13 +122,14 @@ class RouterMaskPreview(io.ComfyNode):
         height, width = (image.shape[1], image.shape[2]) if image is not None else (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
         recorded = routes.recorder.steps if routes.recorder is not None else []
         static = sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)
-        panels = [(f"boxes {h}x{w}", r) for (h, w), r in static]
+        words = layer_words([hw for hw, _ in static])
+        panels = [(f"boxes, {words[hw]}", r) for hw, r in static]
         chosen, missing = parse_steps(steps, recorded)
         picked = parse_layers(layers, routes.recorder.layers if routes.recorder is not None else [])
         where = f" {', '.join(picked)}" if picked and len(picked) <= 2 else (f" {len(picked)} blocks" if picked else "")
         for step in chosen:
             for (h, w), r in sorted(routes.recorder.routes_at(step, picked).items(), reverse=True):
-                panels.append((f"step {step + 1}{where} {h}x{w}", r))
+                panels.append((f"step {step + 1}{where}, {words.get((h, w), f'{h}x{w} layers')}", r))
         notes = [missing_steps_note(missing, recorded)] if missing else []
         notes += attention_share_notes(routes)
         for note in notes:

@@ -180,10 +180,11 @@ def masked_attention(attend: Callable, func, q, k, v, heads: int, classes: Token
 
 
 def _group_bias(group: QueryGroup, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """The additive mask of one group: its per-key bias (a broadcast view) plus the rows/columns of an incoming mask."""
+    """The additive mask of one group: its per-key bias as one [1, K] row (every backend broadcasts a single row over
+    the queries, so no [queries, keys] mask is made per head), plus the rows/columns of an incoming mask."""
     bias = None
     if group.bias is not None:
-        bias = group.bias.to(dtype)[None, :].expand(group.queries.shape[0], -1)
+        bias = group.bias.to(dtype)[None, :]
     if mask is None:
         return bias
     incoming = mask.index_select(-2, group.queries)

@@ -87,6 +87,7 @@ def test_conditioning_references_are_bound_without_touching_the_model(kontext, l
     assert out.shape == plain.shape and torch.isfinite(out).all()
     assert (out - plain).abs().max() > 1e-3
     assert the_patch(patched).stages_seen == [1, 1, 2, 2]  # int(0.5 * 4) stage-1 steps; cond and uncond in one call
+    assert the_patch(patched).held_caches() == 0  # freed by ComfyUI's cleanup callback when the run ended
     swapped = sample(patched, conditioning(1, refs[::-1]), conditioning(2, refs[::-1]), cfg=2.0, batch=2)
     assert (swapped - out).abs().max() > 1e-3  # the order of the references is the order of the boxes
 

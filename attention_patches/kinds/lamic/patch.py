@@ -72,17 +72,29 @@ class LamicPatch:
 
     def install(self, model) -> None:
         self.adapter.install(model, self.wrapper)
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, self.outer_sample_wrapper)
+        # ComfyUI's own run callbacks (ON_CLEANUP also runs after an error or an interrupt)
+        model.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY, self.on_pre_run)
+        model.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, WRAPPER_KEY, self.on_cleanup)
 
-    def outer_sample_wrapper(self, executor, *args, **kwargs):
-        """Each sampling run starts afresh: the stage record, the preview's measurements."""
+    def start_run(self) -> None:
+        """A sampling run starts: the stage record and the preview's measurements start afresh."""
         self.stages_seen = []
+        self._cache.clear()
         if self.probe is not None:
             self.probe.recorder.start_run()
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            self._cache.clear()  # the per-layout class tables and their device copies
+
+    def release_caches(self) -> None:
+        """The run ended (or failed): free the per-layout class tables and their device copies."""
+        self._cache.clear()
+
+    def held_caches(self) -> int:
+        return len(self._cache)
+
+    def on_pre_run(self, patcher) -> None:
+        self.start_run()
+
+    def on_cleanup(self, patcher) -> None:
+        self.release_caches()
 
     def classes(self, layout: TokenLayout, stage: int) -> TokenClasses:
         key = (layout, stage)
