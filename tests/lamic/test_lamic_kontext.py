@@ -66,7 +66,8 @@ def sample(model, positive, negative=None, cfg=1.0, batch=1, size=8, steps=4, de
 
 
 def apply(lamic, model, subs=None, lay=None, prompt=PROMPT, **settings):
-    own = {k: settings.pop(k) for k in ("first_stage_ratio", "deoverlap", "enhance_factors", "official") if k in settings}
+    own = {k: settings.pop(k) for k in ("first_stage_ratio", "deoverlap", "enhance_factors", "official", "to_area")
+           if k in settings}
     return lamic.apply(model, subs if subs is not None else subjects(), lay if lay is not None else layout(),
                        base.ApplySettings(prompt=prompt, kind_settings=own, **settings))
 
@@ -96,13 +97,41 @@ def test_encode_reference_vae_path_equals_the_conditioning_path(kontext, lamic):
     """Encode Reference with the VAE gives exactly what ReferenceLatent with the same VAE latents gives."""
     vae = tiny_flux.tiny_flux_vae()
     subs = subjects(vae=vae)
-    encoded = [s.encoded(lamic).latent for s in subs]
+    encoded = [s.encoded(lamic).latent() for s in subs]
     assert encoded[0].shape[-2:] == (4, 6)  # 32x48 px: a multiple of 16 kept, one latent cell per 8 px
     by_vae = sample(apply(lamic, kontext, subs), conditioning(1))
     by_conditioning = sample(apply(lamic, kontext), conditioning(1, encoded))
     assert torch.equal(by_vae, by_conditioning)
     with pytest.raises(SetupError, match="arrive twice"):
         sample(apply(lamic, kontext, subs), conditioning(1, encoded))
+
+
+@pytest.mark.golden
+def test_encode_reference_resizes_as_the_official_script(golden_set, kontext, lamic):
+    """VAE mode with the cases' per-reference to_area: the VAE gets the official pixels (floor, to_area, floor, Lanczos x2)."""
+    import comfy.latent_formats
+
+    golden = golden_set("lamic")
+    images, pixels = golden.tensors("grouping"), golden.tensors("refs")
+    vae, latent_format = tiny_flux.tiny_flux_vae(), comfy.latent_formats.Flux()
+    scaled = 0
+    for name, case in golden.cases["grouping"].items():
+        count = case["n_refs"]
+        areas = [case["inputs"][f"ref_img_{i}"].get("to_area") or 0 for i in range(1, count + 1)]
+        subs = tuple(base.Subject(base.Reference(f"thing {i}", images[f"{name}.in.ref{i}.image_u8"].float()[None] / 255.0,
+                                                 vae=vae)) for i in range(1, count + 1))
+        prompt = "".join(s.encoded(lamic).sad for s in subs) + CEI
+        boxes = layout(((0.0, 0.0, 1.0, 1.0),) * count)
+        patch = the_patch(apply(lamic, kontext, subs, boxes, prompt, to_area=", ".join(str(a) for a in areas)))
+        for i, (reference, size) in enumerate(zip(patch.references, case["ref_sizes"]), 1):
+            official = (pixels[f"{name}.r{i}.out.pixels"].movedim(1, -1) + 1.0) / 2.0
+            assert list(official.shape[1:3]) == size["final_hw"]
+            expected = latent_format.process_in(vae.encode(official).float())
+            assert reference.shape == expected.shape and (reference - expected).abs().max() <= 1e-4, f"{name} ref {i}"
+        scaled += sum(1 for a in areas if a)
+    assert scaled > 0  # the cases exercise to_area
+    with pytest.raises(SetupError, match="to_area needs"):
+        apply(lamic, kontext, subjects(vae=vae), to_area="1, 2, 3")
 
 
 def test_enhance_factor_scales_the_normalised_reference(kontext, lamic):
