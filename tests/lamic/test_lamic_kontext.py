@@ -242,3 +242,13 @@ def test_mask_regions_from_draw_layout_box(kontext, lamic):
     assert bool((boxed.dense_mask()[target, reference_1] == 0).all())  # its bounding box: every token
     patched = apply(lamic, kontext, lay=drawn)
     assert torch.isfinite(sample(patched, conditioning(1, raw_references()), steps=2)).all()
+
+
+def test_apply_names_the_official_output_size(lamic):
+    """The official ~1 MP rule is a warning on Apply, never a silent change of the latent."""
+    subs = subjects()
+    assert not [n for n in lamic.binding_notes(subs, layout(width=1024, height=1024)) if "output size" in n]
+    small = [n for n in lamic.binding_notes(subs, layout(width=96, height=96)) if n.startswith("LAMIC output size")]
+    assert len(small) == 1 and "at 1024x1024" in small[0]
+    wide = [n for n in lamic.binding_notes(subs, layout(width=1600, height=600)) if n.startswith("LAMIC output size")]
+    assert "at 1664x624" in wide[0]  # cases.json size_rules: 600x1600 -> 624x1664 (h x w)

@@ -124,6 +124,20 @@ def parse_deoverlap(text: str, count: int) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
+def output_size_notes(height: int, width: int) -> list[str]:
+    """LAMIC's output-size warning: the official script samples at ``resize_output_size`` (about 1 MP).
+
+    The pack never changes the artist's latent; it says which size the official run would use when the
+    layout's size (Draw Layout Box's width/height, the size the boxes are drawn for) differs.
+    """
+    official = lamic_references.output_size(height, width)
+    if official == (height, width):
+        return []
+    return [f"LAMIC output size: the official script would sample this {width}x{height} layout at {official[1]}x"
+            f"{official[0]} (about 1 MP, multiples of 16); the latent size stays yours. For the official run set "
+            f"Empty Latent Image and Draw Layout Box to {official[1]}x{official[0]}"]
+
+
 class LamicEncoder(SubjectEncoder):
     kind = "lamic"
     title = "LAMIC (in-context layout)"
@@ -228,6 +242,8 @@ class LamicEncoder(SubjectEncoder):
             where = "no box" if box is None else f"box {number}" + (f" {quoted(box.label[:40])}" if box.label else "")
             notes.append(f"reference {number} ({quoted(subject.phrase[:40])}; the conditioning's ReferenceLatent "
                          f"{number} when Encode Reference has no VAE) -> {where}")
+        if layout is not None:
+            notes += output_size_notes(layout.height, layout.width)
         return notes
 
     @staticmethod
