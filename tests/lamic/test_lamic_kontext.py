@@ -252,3 +252,25 @@ def test_apply_names_the_official_output_size(lamic):
     assert len(small) == 1 and "at 1024x1024" in small[0]
     wide = [n for n in lamic.binding_notes(subs, layout(width=1600, height=600)) if n.startswith("LAMIC output size")]
     assert "at 1664x624" in wide[0]  # cases.json size_rules: 600x1600 -> 624x1664 (h x w)
+
+
+def test_controlnet_in_the_same_graph(kontext, lamic):
+    """A FLUX ControlNet (core's ControlNetApplyAdvanced) on the LAMIC model: it acts, and LAMIC still isolates the boxes."""
+    import nodes as comfy_nodes
+
+    from lamic_tiny import tiny_flux_controlnet
+
+    control, state_dict = tiny_flux_controlnet()
+    assert "controlnet_blocks.0.weight" in state_dict and "double_blocks.0.img_attn.norm.key_norm.scale" in state_dict
+    recorder_mod = pack("attention_patches.recorder")
+    refs = raw_references()
+    positive, negative = conditioning(1, refs), conditioning(2, refs)
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    controlled = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, hint, 1.0, 0.0, 1.0)
+    recorder = recorder_mod.RouteRecorder()
+    model = lamic.apply(kontext, subjects(), layout(), base.ApplySettings(prompt=PROMPT), recorder)
+    without = sample(model, positive, negative, cfg=2.0, steps=3)
+    with_control = sample(model, *controlled, cfg=2.0, steps=3)  # the recorder keeps this (the latest) run
+    assert torch.isfinite(with_control).all() and (with_control - without).abs().max() > 1e-3
+    shares = pack("attention_patches.dit.attention_share").shares_by_step_range(recorder, layout().tensor())
+    assert shares and all(float(s.min()) >= 0.999 for _, _, s in shares)  # each reference's attention stays in its box
