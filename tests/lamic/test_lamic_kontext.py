@@ -274,3 +274,31 @@ def test_controlnet_in_the_same_graph(kontext, lamic):
     assert torch.isfinite(with_control).all() and (with_control - without).abs().max() > 1e-3
     shares = pack("attention_patches.dit.attention_share").shares_by_step_range(recorder, layout().tensor())
     assert shares and all(float(s.min()) >= 0.999 for _, _, s in shares)  # each reference's attention stays in its box
+
+
+def test_hires_fix_second_pass_follows_the_new_latent_size(kontext, lamic):
+    """Latent upscale x2 + core's KSampler at denoise 0.5: the boxes (normalised, or LAMIC's pixel boxes scaled by the
+    layout's size) cover the same part of the larger image, and each reference stays in its box."""
+    import nodes as comfy_nodes
+
+    recorder_mod = pack("attention_patches.recorder")
+    share = pack("attention_patches.dit.attention_share")
+    positive, negative = conditioning(1, raw_references()), conditioning(2, raw_references())
+    pixel_boxes = layout(tuple(tuple(v * 64 for v in box) for box in BOXES))  # drawn for 64x64 px = the first pass
+    recorder = recorder_mod.RouteRecorder()
+    settings = base.ApplySettings(prompt=PROMPT, kind_settings={"first_stage_ratio": 0.5})
+    model = lamic.apply(kontext, subjects(), layout(), settings, recorder)
+    first = {"samples": sample(model, positive, size=8, steps=2)}
+    upscaled = comfy_nodes.LatentUpscale().upscale(first, "bilinear", 128, 128, "disabled")[0]
+    assert upscaled["samples"].shape[-2:] == (16, 16)
+
+    def second_pass(patched):
+        return comfy_nodes.KSampler().sample(patched, 0, 4, 1.0, "euler", "simple", positive, negative, upscaled,
+                                             denoise=0.5)[0]["samples"]
+
+    hires = second_pass(model)
+    assert hires.shape[-2:] == (16, 16) and torch.isfinite(hires).all()
+    assert recorder.steps == [0, 1, 2, 3] and the_patch(model).stages_seen == [1, 1, 2, 2]  # the pass's own 4 steps
+    shares = share.shares_by_step_range(recorder, layout().tensor())
+    assert shares and all(float(s.min()) >= 0.999 for _, _, s in shares)  # on the 8x8-token grid of the pass
+    assert torch.equal(second_pass(apply(lamic, kontext, lay=pixel_boxes, first_stage_ratio=0.5)), hires)

@@ -124,6 +124,19 @@ def parse_deoverlap(text: str, count: int) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
+def normalised_boxes(layout) -> torch.Tensor:
+    """[N, 4] boxes as fractions of the image, so the regions follow every pass's latent size (hires fix).
+
+    LAMIC reads a box with a coordinate above 1 as pixels; such a box is divided by the size the layout
+    is drawn for (its width/height) rather than kept at fixed pixels of whatever latent a pass samples.
+    """
+    boxes = layout.tensor()
+    pixels = (boxes > 1.0).any(1)
+    size = torch.tensor([layout.width, layout.height, layout.width, layout.height], dtype=boxes.dtype)
+    boxes[pixels] = (boxes[pixels] / size).clamp(0.0, 1.0)
+    return boxes
+
+
 def output_size_notes(height: int, width: int) -> list[str]:
     """LAMIC's output-size warning: the official script samples at ``resize_output_size`` (about 1 MP).
 
@@ -225,7 +238,7 @@ class LamicEncoder(SubjectEncoder):
         if adapter.text_tokens is not None:  # a text over the model's tokens is refused here, before sampling
             adapter.text_layout(sads, cei, adapter.text_tokens, own["official"])
         strengths = self.strengths(settings, count)
-        masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
+        masks = LamicMasks(adapter, sads, cei, normalised_boxes(layout), parse_deoverlap(own["deoverlap"], count), strengths,
                            own["official"], layout.regions)
         patch = LamicPatch(adapter, count, masks, own["first_stage_ratio"], parse_factors(own["enhance_factors"], count),
                            references, Window(settings.start_percent, settings.end_percent),
