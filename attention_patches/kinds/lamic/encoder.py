@@ -231,6 +231,9 @@ class LamicEncoder(SubjectEncoder):
             raise SubjectSetupError("connect the VAE to every Encode Reference, or to none (then the conditioning's "
                                     "ReferenceLatent nodes bring the references)")
         references = None
+        if not any(encoded) and own["to_area"].strip():
+            log.warning("LAMIC: to_area resizes the references Encode Reference encodes with its vae; the conditioning's "
+                        "ReferenceLatent references are used as they are")
         if all(encoded):
             latent_format = model.model.latent_format
             areas = parse_areas(own["to_area"], count)
