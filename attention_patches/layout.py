@@ -23,6 +23,8 @@ from ..models.safe_text import quoted
 MAX_BOXES = 32
 REGION_SIDE = 256  # a MASK region is kept at most this many pixels per side (finer than any latent cell grid up to 2048 px)
 MAX_LABEL_LENGTH = 200
+MAX_BOX_TEXT = 1000  # characters of one box's text; its longest JSON form with a label is far shorter
+MAX_BOX_BRACKETS = 4  # '[[x1, y1, x2, y2]]' or '{"box": [...]}' nest two deep
 COORDINATES = ("x1", "y1", "x2", "y2")
 CUSTOM_PRESET = "custom"
 CANONICAL_EXAMPLE = '[{"x1": 0.0, "y1": 0.25, "x2": 0.5, "y2": 0.75, "label": "dog"}]'
@@ -167,13 +169,16 @@ def _short(value: object) -> str:
 
 
 def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float, float]:
-    """One box from "x1, y1, x2, y2" (fractions) or its JSON forms."""
+    """One box from "x1, y1, x2, y2" (fractions) or its JSON forms; a text no box needs is refused before it is parsed."""
     stripped = text.strip()
+    if len(stripped) > MAX_BOX_TEXT or stripped.count("[") + stripped.count("{") > MAX_BOX_BRACKETS:
+        raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got {len(stripped)} characters with "
+                          f"{stripped.count('[') + stripped.count('{')} brackets ({quoted(text, 60)})")
     if not stripped.startswith(("[", "{")):
         stripped = f"[{stripped}]"
     try:
         item = json.loads(stripped)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise LayoutError(f"{name}: expected four fractions 'x1, y1, x2, y2', got {quoted(text, 60)}") from None
     box = _parse_box(1, item)
     return box.x1, box.y1, box.x2, box.y2

@@ -128,6 +128,18 @@ def _check_mask(mask: torch.Tensor, from_mask: bool, from_alpha: bool) -> None:
         )
 
 
+def require_selected(kept: torch.Tensor, mask: torch.Tensor, rule: str) -> None:
+    """A named error when a kind's hard mask ``kept`` [V, ...] keeps nothing of a view: a soft matte whose values all lie
+    below the kind's threshold (``rule``, e.g. "values of 0.5 and above") would otherwise encode a blank subject."""
+    empty = [v + 1 for v in range(kept.shape[0]) if not bool(kept[v].any())]
+    if empty:
+        views = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
+        raise ReferenceError(f"the reference MASK selects nothing in view(s) {views}: this kind keeps the subject where the mask "
+                             f"has {rule}, and its highest value there is {float(mask[empty[0] - 1].max()):.2f} (a low-confidence "
+                             "matte). Make the subject white (e.g. Threshold Mask at a lower value, or a stronger matte), "
+                             "or disconnect the mask")
+
+
 def blank_background(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Views with everything outside ``mask`` replaced by the plain background."""
     return rgb * mask[..., None] + BACKGROUND * (1 - mask[..., None])

@@ -5,6 +5,10 @@ nested dicts are flattened to dotted keys. Before a pickle's tensors are read, i
 is read alone (the zip's ``data.pkl`` with a restricted unpickler that materialises no
 storage), so a foreign file is recognised from its keys and a file whose tensors declare more
 bytes than it holds (a compressed bomb, a forged size) is refused without reading them.
+
+Every floating tensor read is checked for NaN, infinity and absurd magnitudes (a damaged file,
+or one saved from a diverged training run, would otherwise give black images with no error),
+tensor by tensor in bounded chunks, never a second copy of the file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ STORAGE_DTYPES = {
     "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
     "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
+# No trained weight of these models comes near it (their largest are O(10): norms, embeddings); a value this large
+# times an O(1) activation is far past fp16's 65504 after one matmul and swamps the image.
+MAX_WEIGHT_MAGNITUDE = 1e4
+CHECK_CHUNK = 2**20  # elements cast to float32 at once by the value check (4 MiB)
 REFUSED_OBJECTS = (
     "was refused: it contains Python objects other than tensors, and only plain tensor checkpoints are loaded "
     "(torch.load with weights_only=True). Use the official file or a .safetensors conversion from a source you trust."
@@ -69,6 +77,11 @@ def _rebuild_tensor(storage, _offset, size, *_args):
     return TensorStub(storage, tuple(size))
 
 
+def _rebuild_tensor_v3(storage, _offset, size, _stride, _requires_grad, _hooks, _dtype, *_args):
+    """torch.save's form for dtypes without a typed storage class (fp8): an untyped (byte) storage plus the dtype."""
+    return TensorStub(storage, tuple(size))
+
+
 def _rebuild_parameter(data, *_args):
     return data
 
@@ -78,6 +91,8 @@ class _StructureUnpickler(pickle.Unpickler):
 
     ALLOWED = {
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch.storage", "UntypedStorage"): torch.uint8,  # its numel counts bytes
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
@@ -87,6 +102,8 @@ class _StructureUnpickler(pickle.Unpickler):
             return self.ALLOWED[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return STORAGE_DTYPES[name]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):  # _rebuild_tensor_v3's dtype argument
+            return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
 
     def persistent_load(self, pid):
@@ -203,8 +220,34 @@ def _safetensors_path(path: Path, error: type[CheckpointError]) -> str:
     return text
 
 
+def check_values(key: str, tensor: torch.Tensor, name: str, error: type[CheckpointError]) -> torch.Tensor:
+    """``tensor``, or ``error`` naming ``key`` when it holds NaN, infinity or a magnitude above MAX_WEIGHT_MAGNITUDE."""
+    if not tensor.is_floating_point():
+        return tensor
+    flat = tensor.detach().reshape(-1)
+    for start in range(0, flat.numel(), CHECK_CHUNK):
+        chunk = flat[start:start + CHECK_CHUNK].float()
+        peak = chunk.abs().max().item() if chunk.numel() else 0.0
+        if peak <= MAX_WEIGHT_MAGNITUDE:
+            continue
+        what = ("NaN (not-a-number) values" if chunk.isnan().any() else "infinite values" if chunk.isinf().any()
+                else f"a value of {peak:.3g}, far beyond what trained weights hold (at most {MAX_WEIGHT_MAGNITUDE:g})")
+        raise error(f"{name}: tensor {quoted(key)} holds {what}; the file is damaged or was saved from a diverged training run. "
+                    "Download it again.")
+    return tensor
+
+
+def require_floating(flat: dict[str, torch.Tensor], name: str, error: type[CheckpointError], kind: str,
+                     fix: str) -> None:
+    """``error`` naming the first integer tensor: a quantised file, whose integers would be read as weights."""
+    key = next((k for k, t in flat.items() if not t.is_floating_point()), None)
+    if key is not None:
+        raise error(f"{name} holds {str(flat[key].dtype).removeprefix('torch.')} weights ({quoted(key)}): a quantised file. "
+                    f"{kind} loads floating-point files (fp32, fp16, bf16 or fp8): {fix}")
+
+
 def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Flat ``{key: tensor}`` and the metadata (safetensors only) of ``path``."""
+    """Flat ``{key: tensor}`` and the metadata (safetensors only) of ``path``, every value checked (see check_values)."""
     path = Path(path)
     name = quoted(path.name)
     suffix = path.suffix.lower()
@@ -212,7 +255,9 @@ def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointErro
         opened = _safetensors_path(path, error)
         try:
             with safe_open(opened, framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: check_values(k, f.get_tensor(k), name, error) for k in f.keys()}, dict(f.metadata() or {})
+        except CheckpointError:
+            raise
         except (SafetensorError, OSError, ValueError) as e:
             raise error(f"{name} is truncated or not a valid .safetensors file ({quoted(e)}). Download it again.") from None
     if suffix not in PICKLE_SUFFIXES:
@@ -227,7 +272,7 @@ def read_tensors(path: str | Path, error: type[CheckpointError] = CheckpointErro
         raise error(f"{name} is truncated or corrupt ({quoted(e)}). Download it again.") from None
     if not isinstance(obj, dict):
         raise error(f"{name} holds a {type(obj).__name__}, not a dict of tensors")
-    return flatten(obj), {}
+    return {k: check_values(k, t, name, error) for k, t in flatten(obj).items()}, {}
 
 
 def read_keys(path: str | Path, error: type[CheckpointError] = CheckpointError) -> frozenset[str]:

@@ -10,7 +10,8 @@ from ..attention_patches.recorder import RouteRecorder
 from ..attention_patches.route_preview import RoutePlan
 from ..models.safe_text import quoted
 from .kind_settings import checked_kind_settings
-from .subject_warnings import positive_prompts, show_warnings, subject_warnings, unused_input_warnings
+from .replaced_patches import watch
+from .subject_warnings import positive_prompts, prompt_warnings, show_warnings, subject_warnings, unused_input_warnings
 from .types import CATEGORY, SEARCHABLE, KindSettingsSocket, LayoutSocket, RoutesSocket, SubjectEncoderSocket, SubjectsSocket
 
 NODE_NAME = "Apply Multi-Subject Attention"
@@ -126,7 +127,9 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         hidden = cls.hidden
         positive = positive_prompts(hidden.prompt, hidden.unique_id) if hidden is not None else []
         node_id = hidden.unique_id if hidden is not None else None
+        watch(model, patched, NODE_NAME, node_id)
         warnings = subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else []), subject_encoder)
+        warnings += prompt_warnings(phrases, prompt, positive)
         warnings += [f"subject {number}: {w}" for number, reference in unread for w in unused_input_warnings(subject_encoder, reference)]
         show_warnings(NODE_NAME, node_id, warnings + subject_encoder.binding_notes(tuple(subjects), layout))
         shown = layout if layout is not None else Layout.whole_image(len(phrases))

@@ -18,13 +18,19 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = (paths, set(EXTENSIONS))
 
 
+def _is_file(folder: str, name: str) -> bool:
+    """A regular file, or a symlink to one: a link that dangles, loops or points to a device or folder is not listed
+    (ComfyUI's listing includes them, and the node would then call its own choice missing)."""
+    return any(os.path.isfile(os.path.join(base, name)) for base in folder_paths.get_folder_paths(folder))
+
+
 def encoder_files() -> dict[str, tuple[str, str]]:
     """Load Subject Encoder's choices: {listed name: (folder name, file name)} over every kind's folders.
 
     A file is listed by its name; when two folders hold the same name, each is listed as
-    ``folder/name`` so the choice is never ambiguous.
+    ``folder/name`` so the choice is never ambiguous. Only files that can be opened are listed.
     """
-    found = [(folder, name) for folder in model_folders() for name in folder_paths.get_filename_list(folder)]
+    found = [(folder, name) for folder in model_folders() for name in folder_paths.get_filename_list(folder) if _is_file(folder, name)]
     counts: dict[str, int] = {}
     for _, name in found:
         counts[name] = counts.get(name, 0) + 1

@@ -16,12 +16,15 @@ GUARDED_METHODS = ("execute", "validate_inputs")
 
 
 def _safe_exception(error: Exception) -> Exception:
+    """The same exception type with its message made loggable (escaped, shortened); the type's name stays either way."""
     message = loggable(str(error))
     try:
         safe = type(error)(message)
-    except Exception:  # an exception type with another constructor: keep its name in the message
-        return RuntimeError(f"{type(error).__name__}: {message}")
-    return safe if is_loggable(str(safe)) else RuntimeError(message)
+    except Exception:  # an exception type with another constructor
+        safe = None
+    if safe is not None and str(safe) == message:  # a shortened message is loggable too: only its length exceeds the limit
+        return safe
+    return RuntimeError(f"{type(error).__name__}: {message}")
 
 
 def _guard(method):

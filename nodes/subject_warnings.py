@@ -107,6 +107,28 @@ def subject_warnings(phrases: list[str], labels: list[str], positive_texts: list
     return warnings
 
 
+def word_positions(text: str, phrases: list[str]) -> tuple[int | None, ...]:
+    """Where each phrase starts in ``text``, counted in words and punctuation marks (as a tokenizer counts), or None."""
+    lowered, positions = text.lower(), []
+    for phrase in phrases:
+        match = re.search(r"(?<!\w)" + re.escape(phrase.lower()), lowered)
+        positions.append(None if match is None else len(re.findall(r"\w+|[^\w\s]", lowered[:match.start()])))
+    return tuple(positions)
+
+
+def prompt_warnings(phrases: list[str], prompt: str, positive_texts: list[str]) -> list[str]:
+    """A warning when Apply's ``prompt`` (where the subjects' words are looked up) places them elsewhere than every
+    positive prompt that samples its MODEL: the subjects would land on other words (e.g. swapped people)."""
+    if not prompt.strip() or not positive_texts:
+        return []
+    wanted = word_positions(prompt, phrases)
+    if any(word_positions(text, phrases) == wanted for text in positive_texts):
+        return []
+    return [f"Apply's 'prompt' {quoted(prompt)} places the subjects' words ({', '.join(map(quoted, phrases))}) at other "
+            f"positions than the positive prompt {quoted(positive_texts[0])}: each subject would land on another word. "
+            "Use the same text in both (drag one text node's link onto 'prompt' and the CLIP Text Encode's 'text')"]
+
+
 WIDGET_DEFAULTS = {"query": "", "description": "", "mask_weight": 5.0}  # Encode Reference's widgets: set when not these
 
 

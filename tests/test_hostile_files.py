@@ -1,6 +1,7 @@
 """Files in the model folders that are not what they claim: refused by name, before their tensors are read."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -125,3 +126,152 @@ def test_a_safetensors_path_that_is_not_utf8_is_named_for_renaming(tmp_path, rea
     (tmp_path / "plain.safetensors").rename(name)
     with pytest.raises(safe_load.CheckpointError, match=r"'dog\\udcff\.safetensors': its path has bytes that are not UTF-8.*rename"):
         getattr(safe_load, read)(name)
+
+
+# --- values and numbers a file declares: named at load, never a black image or a raw error at Apply -----------------
+
+def _rewrite(path, change, metadata=None):
+    """Rewrite ``path`` (a kind's tiny file) with ``change(flat)`` applied to its tensors (read without the value check)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            flat, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        save_file(change(flat), str(path), metadata={**meta, **(metadata or {})} or None)
+    else:
+        save = torch.load(str(path), weights_only=True)
+        torch.save(change(safe_load.flatten(save)), str(path))
+    return path
+
+
+def _tiny_file(kind, folder):
+    """The tiny stand-in file of ``kind`` written into ``folder`` (SSR-Encoder: both halves; the aligner returned)."""
+    import anystory_tiny
+    import tiny_models
+    import tiny_sd15
+    from tiny_sd15_fastcomposer import save_fastcomposer
+
+    if kind == "ms_diffusion":
+        return tiny_models.save_subject_encoder(folder / "ms_adapter.safetensors")
+    if kind == "ssr_encoder":
+        return tiny_sd15.save_ssr_files(folder, tiny_sd15.ssr_manifest(), "community")[0]
+    if kind == "fastcomposer":
+        return save_fastcomposer(folder / "fastcomposer_encoder.safetensors")
+    path = folder / "anystory_flux.bin"
+    torch.save(anystory_tiny.tiny_anystory(base_redux=False), path)
+    return path
+
+
+VALUES = {"nan": (float("nan"), "NaN"), "inf": (float("inf"), "infinite values"), "huge": (3e5, "far beyond what trained weights hold")}
+
+
+@pytest.mark.parametrize("value", list(VALUES))
+@pytest.mark.parametrize("kind", ["ms_diffusion", "ssr_encoder", "fastcomposer", "anystory"])
+def test_non_finite_or_absurd_weights_are_named_at_load(tmp_path, kind, value):
+    number, named = VALUES[value]
+    path = _tiny_file(kind, tmp_path)
+    target = {}
+
+    def poison(flat):
+        key = sorted(k for k, t in flat.items() if t.is_floating_point() and t.numel() > 4)[len(flat) // 3]
+        flat[key] = flat[key].clone()
+        flat[key].view(-1)[3] = number
+        target["key"] = key
+        return flat
+
+    _rewrite(path, poison)
+    with pytest.raises(safe_load.CheckpointError) as error:
+        registry.load_subject_encoder(path)
+    assert named in str(error.value) and target["key"] in str(error.value) and path.name in str(error.value)
+
+
+def test_the_value_check_reads_in_bounded_chunks(monkeypatch):
+    """A tensor larger than a chunk is checked piece by piece: a NaN in the last chunk is found, no full float copy made."""
+    monkeypatch.setattr(safe_load, "CHECK_CHUNK", 1000)
+    tensor = torch.zeros(4096, dtype=torch.float16)
+    assert safe_load.check_values("w", tensor, "f", safe_load.CheckpointError) is tensor
+    tensor[-1] = float("nan")
+    with pytest.raises(safe_load.CheckpointError, match="'w' holds NaN"):
+        safe_load.check_values("w", tensor, "f", safe_load.CheckpointError)
+
+
+def test_an_int8_ms_diffusion_file_is_named_as_quantised(tmp_path):
+    path = _rewrite(_tiny_file("ms_diffusion", tmp_path), lambda flat: {k: (t * 100).to(torch.int8) for k, t in flat.items()})
+    with pytest.raises(loader.SubjectEncoderFormatError, match="holds int8 weights .*a quantised file"):
+        registry.load_subject_encoder(path)
+
+
+@pytest.mark.parametrize("metadata, named", [
+    ({"resampler_dim_head": "-64"}, "resampler_dim_head = '-64'"), ({"resampler_dim_head": "0"}, "resampler_dim_head = '0'"),
+    ({"resampler_dim_head": "9" * 30}, "resampler_dim_head"), ({"resampler_dim_head": "48"}, "does not divide"),
+    ({"fourier_freqs": "-3"}, "fourier_freqs = '-3'"), ({"fourier_freqs": "3000"}, "Fourier"),
+    ({"fourier_freqs": "two"}, "fourier_freqs = 'two'"),
+])
+def test_ms_diffusion_numbers_a_file_declares_are_checked_at_load(tmp_path, metadata, named):
+    path = _rewrite(_tiny_file("ms_diffusion", tmp_path), lambda flat: flat, metadata)
+    with pytest.raises(loader.SubjectEncoderFormatError, match=re.escape(named)):
+        registry.load_subject_encoder(path)
+
+
+def test_ms_diffusion_resampler_layers_out_of_sequence_are_named(tmp_path):
+    def renumber(flat):
+        return {k.replace("image_proj.layers.1.", "image_proj.layers.7."): t for k, t in flat.items()}
+
+    with pytest.raises(loader.SubjectEncoderFormatError, match="numbered"):
+        registry.load_subject_encoder(_rewrite(_tiny_file("ms_diffusion", tmp_path), renumber))
+
+
+def test_ssr_layer_indices_sd15_lacks_are_named_at_load(tmp_path):
+    aligner = _tiny_file("ssr_encoder", tmp_path)
+    layers = tmp_path / "ssr_attentions.safetensors"
+    _rewrite(layers, lambda flat: {k.replace("1.to_", "99.to_", 1) if k.startswith("1.") else k: t for k, t in flat.items()})
+    with pytest.raises(safe_load.CheckpointError, match=r"attention layers \[99\], which SD1.5's UNet does not have"):
+        registry.load_subject_encoder(aligner)
+
+
+@pytest.mark.parametrize("heads", ["-2", "0", "5", "100000"])
+def test_fastcomposer_declared_head_count_is_checked_at_load(tmp_path, heads):
+    path = _rewrite(_tiny_file("fastcomposer", tmp_path), lambda flat: flat, {"vision_heads": heads})
+    with pytest.raises(safe_load.CheckpointError, match="vision_heads"):
+        registry.load_subject_encoder(path)
+
+
+def _anystory_case(case):
+    def change(flat):
+        if case == "wrong-shaped tensor":
+            flat["redux.redux_down_lora_A.weight"] = torch.zeros(8, 143)  # 3 x 48 (T5) wide everywhere else
+        elif case == "routing bias of the wrong length":
+            key = "router.transformer.single_transformer_blocks.1.attn.processor.to_k_routing_map_lora_B.bias"
+            flat[key] = flat[key][:-1].clone()
+        elif case == "LoRA ranks that disagree":
+            key = "ref.transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
+            flat[key] = flat[key][:-1].clone()
+        elif case == "block the routing maps lack":
+            flat = {k.replace("transformer_blocks.1.", "transformer_blocks.5.") if "routing_map" in k else k: t for k, t in flat.items()}
+        return flat
+    return change
+
+
+@pytest.mark.parametrize("case, named", [
+    ("wrong-shaped tensor", r"'redux.redux_down_lora_A.weight' has shape \[8, 143\]"),
+    ("routing bias of the wrong length", r"to_k.*bias.*|routing map \(key\).lora_B.bias' has shape \[31\]"),
+    ("LoRA ranks that disagree", "ranks that disagree"),
+    ("block the routing maps lack", "routing-map LoRAs are on blocks"),
+])
+def test_anystory_shapes_are_checked_at_load_not_in_encode_reference(tmp_path, case, named):
+    path = _rewrite(_tiny_file("anystory", tmp_path), _anystory_case(case))
+    with pytest.raises(safe_load.CheckpointError, match=named):
+        registry.load_subject_encoder(path)
+
+
+def test_a_redux_style_model_of_another_width_is_named_at_load(tmp_path):
+    import comfy.ldm.flux.redux
+    import comfy.sd
+
+    import anystory_tiny
+
+    encoder = registry.load_subject_encoder(_tiny_file("anystory", tmp_path))
+    module = comfy.ldm.flux.redux.ReduxImageEncoder(redux_dim=anystory_tiny.SIGLIP_DIM + 8, txt_in_features=anystory_tiny.TXT_DIM)
+    with pytest.raises(ValueError, match="Redux weights of the style model.*redux_up.weight"):
+        encoder.with_style_model(comfy.sd.StyleModel(module))

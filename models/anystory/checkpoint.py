@@ -11,6 +11,7 @@ and listed in ``ignored``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ..safe_text import quoted
-from ..safe_load import CheckpointError, read_tensors
+from ..safe_load import CheckpointError, read_tensors, require_floating
 from .lora import LowRank, LowRankWeights, StreamLoRA, StreamLoRAWeights
 
 log = logging.getLogger("comfyui_multisubject.models.anystory")
@@ -50,6 +51,71 @@ EXPECTED_LAYOUT = ("an AnyStory checkpoint is a dict with 'ref' (PEFT LoRAs 'tra
 
 class AnyStoryFormatError(CheckpointError):
     """The file is not a usable AnyStory checkpoint; the message says why and what to do."""
+
+
+# (input, output) width of every diffusers module a stream LoRA may act on, by its site in a block
+MODULE_WIDTHS = {
+    "x_embedder": ("latent", "hidden"), "context_embedder": ("txt", "hidden"),
+    "norm1.linear": ("hidden", "6*hidden"), "norm1_context.linear": ("hidden", "6*hidden"), "norm.linear": ("hidden", "3*hidden"),
+    "ff.net.2": ("mlp", "hidden"), "ff_context.net.2": ("mlp", "hidden"), "proj_mlp": ("hidden", "mlp"),
+    "proj_out": ("hidden+mlp", "hidden"), "ff.net.0.proj": ("hidden", None), "ff_context.net.0.proj": ("hidden", None),
+}
+EMBEDDER_SHAPES = {  # Redux: siglip -> 3*txt -> txt; each LoRA of its own rank; a one-channel gate
+    "redux_up_lora_A.weight": ("rank up", "siglip"), "redux_up_lora_B.weight": ("3*txt", "rank up"), "redux_up_lora_B.bias": ("3*txt",),
+    "redux_down_lora_A.weight": ("rank down", "3*txt"), "redux_down_lora_B.weight": ("txt", "rank down"),
+    "redux_down_lora_B.bias": ("txt",), "gate_proj.weight": (1, "txt"), "gate_proj.bias": (1,),
+    "redux_up.weight": ("3*txt", "siglip"), "redux_up.bias": ("3*txt",), "redux_down.weight": ("txt", "3*txt"),
+    "redux_down.bias": ("txt",),
+}
+
+
+class Widths:
+    """The widths a file's shapes imply (``hidden``, ``txt``, ...), each checked against every tensor that shows it, so
+    one wrong-shaped tensor is named at load instead of failing a matmul later. A first pass while ``voting`` takes
+    each width from most tensors (so the odd one out is the one named); ``known`` widths are fixed."""
+
+    def __init__(self, name: str, error: type[Exception] = AnyStoryFormatError,
+                 advice: str = "the file is damaged or not AnyStory's. Download it again.", known: dict[str, int] | None = None):
+        self.name, self.error, self.advice, self.values = name, error, advice, dict(known or {})
+        self.voting, self.votes = False, collections.defaultdict(collections.Counter)
+
+    def settle(self) -> None:
+        """End the vote: every width not known is the one most tensors show."""
+        for dim, counts in self.votes.items():
+            self.values.setdefault(dim, counts.most_common(1)[0][0])
+        self.voting = False
+
+    def _size(self, want, size: int) -> bool:
+        if want is None:
+            return True
+        if isinstance(want, int):
+            return size == want
+        if want == "hidden+mlp":
+            return self.voting or size == self.values.get("hidden", 0) + self.values.get("mlp", 0)
+        factor, _, dim = want.rpartition("*")
+        factor = int(factor or 1)
+        if size <= 0 or size % factor:
+            return self.voting
+        if self.voting:
+            self.votes[dim][size // factor] += 1
+            return True
+        return self.values.setdefault(dim, size // factor) * factor == size
+
+    def check(self, key: str, tensor: torch.Tensor, *expected) -> None:
+        shape = tuple(tensor.shape)
+        if len(shape) != len(expected) or not all(self._size(want, size) for want, size in zip(expected, shape)):
+            raise self.error(f"{self.name}: {quoted(key)} has shape {list(shape)}, which disagrees with the file's other "
+                             f"tensors (expected [{', '.join(str(w or 'any') for w in expected)}] with "
+                             f"{', '.join(f'{k} = {v}' for k, v in self.values.items() if not k.startswith('rank')) or 'no width known yet'}); "
+                             f"{self.advice}")
+
+    def low_rank(self, key: str, delta, widths: tuple) -> None:
+        """A LoRA's A [rank, in], B [out, rank] and bias [out]; its own rank, the same in A and B."""
+        rank = f"rank of {key}"
+        self.check(f"{key}.lora_A", delta.down, rank, widths[0])
+        self.check(f"{key}.lora_B", delta.up, widths[1], rank)
+        if delta.bias is not None:
+            self.check(f"{key}.lora_B.bias", delta.bias, widths[1])
 
 
 def comfy_target(module: str, hidden: int, out_rows: int) -> tuple[str, tuple[int, int] | None]:
@@ -125,6 +191,7 @@ class AnyStoryWeights:
     router_embedder: dict[str, torch.Tensor]
     hidden_size: int
     ignored: tuple[str, ...] = field(default=())
+    widths: dict[str, int] = field(default_factory=dict)  # the widths the file's shapes imply (hidden, txt, siglip, ...)
 
     def blocks(self) -> tuple[int, int]:
         """(double, single) block counts the routing LoRAs cover."""
@@ -166,8 +233,8 @@ def split_parts(flat: dict[str, torch.Tensor], name: str) -> dict[str, dict[str,
     return parts
 
 
-def _stream_loras(stream: str, part: dict[str, torch.Tensor], hidden: int, name: str,
-                  ignored: list[str]) -> StreamLoRA:
+def _stream_loras(stream: str, part: dict[str, torch.Tensor], hidden: int, name: str, ignored: list[str],
+                  shapes: list[tuple[str, LowRank, tuple]]) -> StreamLoRA:
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in part.items():
         if match := PEFT_KEY.match(key):
@@ -181,13 +248,15 @@ def _stream_loras(stream: str, part: dict[str, torch.Tensor], hidden: int, name:
             ignored.append(f"{stream}.{module}")
             continue
         down, up = pair["A"], pair["B"]
-        if down.shape[0] != up.shape[1]:
-            raise AnyStoryFormatError(f"{name}: the {stream} LoRA of '{module}' has ranks {down.shape[0]} and {up.shape[1]}")
+        if down.dim() != 2 or up.dim() != 2 or down.shape[0] != up.shape[1]:
+            raise AnyStoryFormatError(f"{name}: the {stream} LoRA of {quoted(module)} has ranks that disagree (lora_A "
+                                      f"{list(down.shape)}, lora_B {list(up.shape)}); download the file again")
         try:
             target, rows = comfy_target(module, hidden, up.shape[0])
         except KeyError:
             raise AnyStoryFormatError(f"{name}: the {stream} LoRA targets '{module}', which FLUX.1 does not have; "
                                       f"{EXPECTED_LAYOUT}") from None
+        shapes.append((f"{stream}.{module}", LowRank(down, up), MODULE_WIDTHS.get(_site(module), ("hidden", "hidden"))))
         loras.add(target, LowRank(down, up, None, rows))
     if not loras.deltas:
         raise AnyStoryFormatError(f"{name}: the '{stream}' part holds no LoRA; {EXPECTED_LAYOUT}")
@@ -220,19 +289,57 @@ def _embedder(part: dict[str, torch.Tensor], label: str, name: str) -> dict[str,
     return {k: part[k] for k in EMBEDDER_LORA_KEYS + BASE_REDUX_KEYS if k in part}
 
 
+def check_embedder(widths: Widths, label: str, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor of a redux or router embedder (and of Redux itself) in the widths the file's others imply."""
+    for key, tensor in state.items():
+        widths.check(f"{label}.{key}", tensor, *(f"{w} of {label}" if isinstance(w, str) and w.startswith("rank") else w
+                                                 for w in EMBEDDER_SHAPES[key]))
+
+
+def _check_blocks(routing: dict[str, RoutingLoRA], streams: tuple[StreamLoRA, ...], name: str) -> None:
+    """Routing-map LoRAs on blocks 0..n-1 of each kind, and no stream LoRA on a block they do not cover."""
+    double = sum(1 for k in routing if k.startswith("double_blocks."))
+    expected = {f"double_blocks.{i}" for i in range(double)} | {f"single_blocks.{i}" for i in range(len(routing) - double)}
+    if set(routing) != expected:
+        raise AnyStoryFormatError(f"{name}: the routing-map LoRAs are on blocks {sorted(set(routing) - expected)[:4]} but cover "
+                                  f"{double} double and {len(routing) - double} single blocks (numbered from 0); "
+                                  "the file is damaged or not AnyStory's. Download it again.")
+    for stream in streams:
+        for target in stream.targets():
+            block = ".".join(target.split(".")[:2])
+            if block.startswith(("double_blocks.", "single_blocks.")) and block not in routing:
+                raise AnyStoryFormatError(f"{name}: a LoRA acts on {quoted(block)}, which the file's routing-map LoRAs do "
+                                          "not cover; the file is damaged or not AnyStory's. Download it again.")
+
+
 def build_weights(flat: dict[str, torch.Tensor], name: str = "checkpoint") -> AnyStoryWeights:
+    """The file's LoRAs and embedders, every shape checked against the widths the file itself implies."""
     parts = split_parts(flat, name)
+    require_floating(flat, name, AnyStoryFormatError, "AnyStory", "use anystory_flux.bin or a conversion by scripts/convert_anystory.py.")
     redux = _embedder(parts["redux"], "redux embedder", name)
     router_embedder = _embedder({k.removeprefix("router_embedder."): v for k, v in parts["router"].items()
                                  if k.startswith("router_embedder.")}, "router embedder", name)
     routing = _routing_loras(parts["router"], name)
-    hidden = next(iter(routing.values())).query.up.shape[0]
+    shapes = [(f"router.{block} routing map ({which})", lora, ("hidden", "hidden"))
+              for block, pair in routing.items() for which, lora in (("query", pair.query), ("key", pair.key))]
+    hidden = collections.Counter(pair.query.up.shape[0] for pair in routing.values()).most_common(1)[0][0]
     ignored: list[str] = []
-    ref = _stream_loras("ref", parts["ref"], hidden, name, ignored)
-    router = _stream_loras("router", parts["router"], hidden, name, ignored)
+    ref = _stream_loras("ref", parts["ref"], hidden, name, ignored, shapes)
+    router = _stream_loras("router", parts["router"], hidden, name, ignored, shapes)
+    widths = Widths(name)
+    for voting in (True, False):
+        widths.voting = voting
+        for key, lora, expected in shapes:
+            widths.low_rank(key, lora, expected)
+        check_embedder(widths, "redux", redux)
+        check_embedder(widths, "router.router_embedder", router_embedder)
+        if voting:
+            widths.settle()
+    _check_blocks(routing, (ref, router), name)
     if ignored:
         log.info("%s: %d LoRA module(s) the official forward never switches on are ignored (e.g. %s)", name, len(ignored), quoted(ignored[0]))
-    return AnyStoryWeights(ref, router, routing, redux, router_embedder, hidden, tuple(ignored))
+    return AnyStoryWeights(ref, router, routing, redux, router_embedder, hidden, tuple(ignored),
+                           {k: v for k, v in widths.values.items() if not k.startswith("rank")})
 
 
 def load_weights(path: str | Path) -> AnyStoryWeights:

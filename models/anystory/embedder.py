@@ -28,10 +28,14 @@ class GatedPoolingEmbedder(nn.Module):
         for key, tensor in state.items():
             self.register_buffer(key.replace(".", "_"), tensor.clone(), persistent=True)
 
+    def _weight(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A stored tensor in ``x``'s dtype: files come in fp32, fp16, bf16 or fp8, and the Redux weights in another one."""
+        return getattr(self, name).to(device=x.device, dtype=x.dtype)
+
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        base = F.linear(x, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"))
-        low = F.linear(F.linear(x, getattr(self, f"{name}_lora_A_weight")), getattr(self, f"{name}_lora_B_weight"),
-                       getattr(self, f"{name}_lora_B_bias"))
+        base = F.linear(x, self._weight(f"{name}_weight", x), self._weight(f"{name}_bias", x))
+        low = F.linear(F.linear(x, self._weight(f"{name}_lora_A_weight", x)), self._weight(f"{name}_lora_B_weight", x),
+                       self._weight(f"{name}_lora_B_bias", x))
         return base + low
 
     @property
@@ -39,10 +43,10 @@ class GatedPoolingEmbedder(nn.Module):
         return self.redux_up_weight.shape[1]
 
     def forward(self, features: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[N, T, D] SigLIP tokens (T a square) and [N, T, 1] token mask -> [N, grid², C] tokens."""
+        """[N, T, D] SigLIP tokens (T a square) and [N, T, 1] token mask -> [N, grid², C] tokens, in the features' dtype."""
         hidden = F.silu(self._linear(features, "redux_up"))
         out = self._linear(hidden, "redux_down")
-        gate = torch.sigmoid(F.linear(out, self.gate_proj_weight, self.gate_proj_bias))
+        gate = torch.sigmoid(F.linear(out, self._weight("gate_proj_weight", out), self._weight("gate_proj_bias", out)))
         n, tokens, channels = out.shape
         side = math.isqrt(tokens)
         grid = (out * gate).transpose(1, 2).reshape(n, channels, side, side)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..safe_load import CheckpointError, read_tensors
+from ..safe_load import CheckpointError, read_tensors, require_floating
 from .fusion import PostfuseModule
 
 FORMAT_TAG = "fastcomposer"
@@ -69,12 +69,18 @@ def vision_config(state_dict: dict[str, torch.Tensor], heads: int | None = None)
     grid = math.isqrt(positions - 1)
     if grid * grid != positions - 1:
         raise ValueError(f"{positions} position embeddings is not a square grid plus the class token")
-    layers = len({k.split(".")[3] for k in state_dict if k.startswith("vision_model.encoder.layers.")})
+    indices = {k.split(".")[3] for k in state_dict if k.startswith("vision_model.encoder.layers.")}
+    layers = len(indices)
+    if indices != {str(i) for i in range(layers)}:
+        raise ValueError(f"the image encoder's layers are numbered {sorted(indices, key=len)[:6]}, not 0 to {layers - 1}")
+    heads = max(1, hidden // VISION_HEAD_WIDTH) if heads is None else heads
+    if not 0 < heads <= hidden or hidden % heads:
+        raise ValueError(f"vision_heads = {heads} does not split the {hidden}-wide image encoder into equal heads")
     return {
         "hidden_size": hidden,
         "intermediate_size": state_dict["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         "num_hidden_layers": layers,
-        "num_attention_heads": heads or max(1, hidden // VISION_HEAD_WIDTH),
+        "num_attention_heads": heads,
         "image_size": grid * patch,
         "patch_size": patch,
         "projection_dim": state_dict["visual_projection.weight"].shape[0],
@@ -117,9 +123,11 @@ def split_checkpoint(flat: dict[str, torch.Tensor], metadata: dict[str, str] | N
         raise FastComposerFormatError(f"{name} is not a FastComposer checkpoint: {EXPECTED_LAYOUT}.")
     image_encoder = with_prefix(flat, IMAGE_ENCODER_PREFIX)
     image_encoder.pop(POSITION_IDS, None)  # a buffer older transformers saved; ComfyUI's model has none
+    require_floating({**image_encoder, **with_prefix(flat, POSTFUSE_PREFIX)}, name, FastComposerFormatError, "FastComposer",
+                     "use the official pytorch_model.bin or a conversion by scripts/convert_fastcomposer.py.")
     heads = (metadata or {}).get("vision_heads")
     try:
-        config = vision_config(image_encoder, int(heads) if heads else None)
+        config = vision_config(image_encoder, int(str(heads)[:20]) if heads else None)
     except (KeyError, IndexError, ValueError) as e:
         raise FastComposerFormatError(f"{name}: cannot read the image encoder's configuration ({e}): {EXPECTED_LAYOUT}.") from e
     postfuse = build_postfuse(with_prefix(flat, POSTFUSE_PREFIX), name)

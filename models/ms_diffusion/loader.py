@@ -17,7 +17,7 @@ import torch
 from ..safe_text import quoted
 from .model import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
-from ..safe_load import CheckpointError, foreign_format, read_tensors
+from ..safe_load import CheckpointError, foreign_format, read_tensors, require_floating
 
 log = logging.getLogger("comfyui_multisubject.models")
 
@@ -68,16 +68,50 @@ def split_state_dict(flat: dict[str, torch.Tensor], name: str = "checkpoint") ->
     return resampler, layers, flat.get("dummy_image_tokens")
 
 
-def infer_resampler_config(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> ResamplerConfig:
-    """Config from shapes; heads and Fourier frequencies from metadata or the official convention."""
+MAX_DECLARED = 4096  # above any head size or frequency count a resampler has (the official: 64 and 8)
+
+
+def declared_number(metadata: dict[str, str], key: str, default: int, name: str) -> int:
+    """An integer the file's metadata declares, refused by name unless it is a positive, plausible number."""
+    text = metadata.get(key)
+    if text is None:
+        return default
+    try:
+        value = int(str(text)[:20])
+    except ValueError:
+        value = 0
+    if not 0 < value <= MAX_DECLARED:
+        raise SubjectEncoderFormatError(f"{name} declares {key} = {quoted(text)} in its metadata; it must be a whole number "
+                                        f"from 1 to {MAX_DECLARED}. Convert the file again with scripts/convert_ms_adapter.py "
+                                        "or use the official ms_adapter.bin.")
+    return value
+
+
+def infer_resampler_config(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                           name: str = "checkpoint") -> ResamplerConfig:
+    """Config from shapes; heads and Fourier frequencies from metadata or the official convention; every number checked."""
     metadata = metadata or {}
     dim, embedding_dim = state_dict["proj_in.weight"].shape
-    depth = len({k.split(".")[1] for k in state_dict if k.startswith("layers.") and k.endswith(".0.to_q.weight")})
+    indices = {k.split(".")[1] for k in state_dict if k.startswith("layers.") and k.endswith(".0.to_q.weight")}
+    depth = len(indices)
+    if indices != {str(i) for i in range(depth)}:
+        raise SubjectEncoderFormatError(f"{name}: the resampler's layers are numbered {sorted(indices, key=len)[:6]}, not 0 to "
+                                        f"{depth - 1}; the file is damaged. Download it again.")
     inner = state_dict["layers.0.0.to_q.weight"].shape[0] if depth else dim
-    dim_head = int(metadata.get("resampler_dim_head", DEFAULT_DIM_HEAD if inner % DEFAULT_DIM_HEAD == 0 else inner))
-    fourier_freqs = int(metadata.get("fourier_freqs", DEFAULT_FOURIER_FREQS))
+    dim_head = declared_number(metadata, "resampler_dim_head", DEFAULT_DIM_HEAD if inner % DEFAULT_DIM_HEAD == 0 else inner, name)
+    if inner % dim_head:
+        raise SubjectEncoderFormatError(f"{name} declares resampler_dim_head = {dim_head}, which does not divide the attention "
+                                        f"width {inner}. Convert the file again or use the official ms_adapter.bin.")
+    fourier_freqs = declared_number(metadata, "fourier_freqs", DEFAULT_FOURIER_FREQS, name)
     grounding_dim = state_dict["latent_proj.0.weight"].shape[1]
+    if grounding_dim <= fourier_embedding_dim(fourier_freqs):
+        raise SubjectEncoderFormatError(f"{name}: its grounding input is {grounding_dim} wide, which cannot hold a phrase plus the "
+                                        f"{fourier_embedding_dim(fourier_freqs)}-wide box embedding of {fourier_freqs} Fourier "
+                                        "frequencies. Convert the file again or use the official ms_adapter.bin.")
     ff_hidden = state_dict["layers.0.1.1.weight"].shape[0] if depth else dim
+    if ff_hidden % dim:
+        raise SubjectEncoderFormatError(f"{name}: its feed-forward layers are {ff_hidden} wide, not a multiple of the "
+                                        f"resampler width {dim}; the file is damaged. Download it again.")
     return ResamplerConfig(
         dim=dim,
         depth=depth,
@@ -95,8 +129,12 @@ def infer_resampler_config(state_dict: dict[str, torch.Tensor], metadata: dict[s
 def build_encoder(flat: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, name: str = "checkpoint") -> MSDiffusionEncoder:
     """An :class:`MSDiffusionEncoder` holding exactly the checkpoint's weights."""
     resampler_sd, layers, _dummy = split_state_dict(flat, name)
+    require_floating({k: t for k, t in flat.items() if k != "dummy_image_tokens"}, name, SubjectEncoderFormatError,
+                     "MS-Diffusion", "use the official ms_adapter.bin or a conversion by scripts/convert_ms_adapter.py.")
     try:
-        config = infer_resampler_config(resampler_sd, metadata)
+        config = infer_resampler_config(resampler_sd, metadata, name)
+    except SubjectEncoderFormatError:
+        raise
     except (KeyError, IndexError, ValueError, ZeroDivisionError) as e:
         raise SubjectEncoderFormatError(f"{name}: cannot read the resampler configuration ({e}): {EXPECTED_LAYOUT}.") from e
     cross_dims = {pair["to_k_ip"].shape[1] for pair in layers.values()} | {pair["to_v_ip"].shape[1] for pair in layers.values()}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..safe_text import printable
-from ..safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, CheckpointError, read_keys, read_tensors
+from ..safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, CheckpointError, read_keys, read_tensors, require_floating
 from .aligner import ALIGNER_HEADS, CLIP_DEPTHS, SSRAligner
 from .layers import SSRLayers
 
@@ -163,6 +163,9 @@ def load_ssr_checkpoint(path: str | Path) -> SSRCheckpoint:
     partner_flat, _ = read_tensors(partner, SSRFormatError)
     aligner_file, layers_file = (path, partner) if role == ALIGNER else (partner, path)
     aligner_flat, layers_flat = (flat, partner_flat) if role == ALIGNER else (partner_flat, flat)
+    for file, tensors in ((aligner_file, aligner_flat), (layers_file, layers_flat)):
+        require_floating(tensors, printable(file.name), SSRFormatError, "SSR-Encoder",
+                         "use the official pytorch_model.bin + pytorch_model_1.bin or the ssr_*.safetensors pair.")
     aligner = build_aligner(aligner_flat, aligner_file.name)
     layers = build_layers(layers_flat, layers_file.name)
     if layers.token_dim != aligner.query_dim:

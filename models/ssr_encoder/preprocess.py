@@ -60,6 +60,9 @@ def clip_pixels(image: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
     return torch.stack(views)
 
 
+MASK_THRESHOLD = 0.5  # the official binarisation of a mask query
+
+
 def mask_grid(mask: torch.Tensor, grid: int, crop: bool = True, antialias: bool = True) -> torch.Tensor:
     """[V, grid, grid] mask of the subject on the CLIP patch grid, from masks [V, H, W] in 0..1.
 
@@ -68,7 +71,7 @@ def mask_grid(mask: torch.Tensor, grid: int, crop: bool = True, antialias: bool 
     code squashes the whole mask instead (``crop=False``), which misplaces it on non-square
     references; ``antialias`` is torchvision >= 0.17's default resize (False: <= 0.16).
     """
-    binary = (mask.float() > 0.5).to(torch.float32)
+    binary = (mask.float() > MASK_THRESHOLD).to(torch.float32)
     if crop:
         window = crop_window(binary.shape[-2], binary.shape[-1])
         binary = binary[:, window.top:window.bottom, window.left:window.right]

@@ -19,9 +19,11 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ....models.anystory import reference as ref_inputs
-from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, load_weights, recognises
+from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, Widths, check_embedder, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
+from ....models.safe_text import quoted
+from ...encode_dtype import encoding_dtype
 from ..base import ApplySettings, Capabilities, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
@@ -124,7 +126,15 @@ class AnyStoryEncoder(SubjectEncoder):
 
     def with_style_model(self, style_model) -> AnyStoryEncoder:
         """The same encoder with Redux's weights taken from a loaded STYLE_MODEL."""
-        return AnyStoryEncoder(self.name, self.weights, redux_state_of(style_model), self._lora_patchers)
+        return AnyStoryEncoder(self.name, self.weights, self.checked_redux(redux_state_of(style_model), "the style model"),
+                               self._lora_patchers)
+
+    def checked_redux(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """Redux's weights, refused by name unless they are as wide as this file's embedders (SigLIP in, T5 out)."""
+        widths = Widths(f"the Redux weights of {source}", SubjectSetupError, f"they are not the FLUX.1 Redux this file builds on. "
+                        f"{REDUX_HINT}", self.weights.widths)
+        check_embedder(widths, "Redux", {k: state[k] for k in REDUX_KEYS if k in state})
+        return state
 
     def lora_patcher(self, model) -> comfy.model_patcher.ModelPatcher:
         """The streams' LoRAs under a ModelPatcher with ``model``'s devices, so the memory manager owns them."""
@@ -142,7 +152,7 @@ class AnyStoryEncoder(SubjectEncoder):
                 path = find_redux_file()
                 if path is None:
                     raise SubjectSetupError(f"{self.name} needs the FLUX.1 Redux weights, and none were found. {REDUX_HINT}")
-                base = read_tensors(path)[0]
+                base = self.checked_redux(read_tensors(path)[0], quoted(path.name))
             try:
                 self._embedders = (GatedPoolingEmbedder(embedder_state(self.weights.redux_embedder, base), REDUX_GRID).eval(),
                                    GatedPoolingEmbedder(embedder_state(self.weights.router_embedder, base), ROUTER_GRID).eval())
@@ -165,8 +175,9 @@ class AnyStoryEncoder(SubjectEncoder):
         mask = reference.mask[0] if reference.mask is not None else None
         features, tokens = siglip_features(reference.clip_vision, image, mask)
         device = mm.get_torch_device()
-        redux = redux_embedder.to(device)(features.to(device), tokens.to(device)).cpu()
-        router = router_embedder.to(device)(features.to(device), tokens.to(device)).cpu()
+        features = features.to(device, encoding_dtype(device))
+        redux = redux_embedder.to(device)(features, tokens.to(device)).float().cpu()
+        router = router_embedder.to(device)(features, tokens.to(device)).float().cpu()
         redux_embedder.to("cpu"), router_embedder.to("cpu")
         latent, ref_mask = reference_latent(reference.vae, image, mask)
         if latent.shape[-1] != self.weights.ref.deltas["img_in"][0].down.shape[1]:
@@ -184,6 +195,12 @@ class AnyStoryEncoder(SubjectEncoder):
             raise SubjectSetupError(f"{self.name} was trained for FLUX.1-dev ({self.weights.blocks()[0]} double and "
                                     f"{self.weights.blocks()[1]} single blocks of width {self.weights.hidden_size}); this FLUX MODEL "
                                     f"has {len(flux.double_blocks)} and {len(flux.single_blocks)} of width {flux.hidden_size}")
+        model_widths = {"txt": flux.txt_in.in_features, "latent": flux.img_in.in_features,
+                        "mlp": flux.single_blocks[0].mlp_hidden_dim if len(flux.single_blocks) else None}
+        for what, width in model_widths.items():
+            if what in self.weights.widths and width is not None and self.weights.widths[what] != width:
+                raise SubjectSetupError(f"{self.name}'s LoRAs read {self.weights.widths[what]}-wide {what} features but this FLUX "
+                                        f"MODEL's are {width}-wide; AnyStory needs FLUX.1-dev. Load flux1-dev with Load Diffusion Model")
         return flux
 
     def apply(self, model, subjects, layout, settings: ApplySettings, recorder=None):
@@ -193,6 +210,8 @@ class AnyStoryEncoder(SubjectEncoder):
                                     "(Router Mask Preview shows the learned routes)")
         if not subjects:
             raise SubjectSetupError("no subjects: connect Encode Reference")
+        if settings.start_percent >= settings.end_percent:  # the reference stream would never run
+            raise SubjectSetupError(f"start_percent ({settings.start_percent}) must be below end_percent ({settings.end_percent})")
         boxes = None
         if layout is not None:
             boxes = layout.tensor()

@@ -17,12 +17,15 @@ import comfy.patcher_extension
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
+from ...encode_dtype import encoding_dtype
+from ...references import require_selected
 from ..base import ApplySettings, Capabilities, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
 from .model_check import check_model, cross_attention_blocks
 from .tokens import PhraseNotFoundError, subject_token_positions
 
 log = logging.getLogger("comfyui_multisubject.fastcomposer")
+MASK_THRESHOLD = 0.5  # the official segmentation's binarisation
 NEEDS_CLIP = "FastComposer finds each person's word in the prompt with the SD1.5 checkpoint's CLIP tokenizer"
 
 
@@ -50,9 +53,8 @@ class FastComposerEncoder(SubjectEncoder):
         self.unet_fingerprint = weights.unet_fingerprint
         self.object_resolution = object_resolution
         load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-        # ComfyUI's CLIP-vision dtype, but fp32 on a CPU (where half precision is slow and loses the goldens)
-        dtype = torch.float32 if mm.is_device_cpu(load_device) else mm.text_encoder_dtype(load_device)
-        self.image_encoder = comfy.clip_model.CLIPVisionModelProjection(weights.vision, dtype, offload_device, comfy.ops.manual_cast)
+        self.image_encoder = comfy.clip_model.CLIPVisionModelProjection(weights.vision, encoding_dtype(load_device), offload_device,
+                                                                        comfy.ops.manual_cast)
         try:
             self.image_encoder.load_state_dict(weights.image_encoder, strict=True)
         except RuntimeError as e:
@@ -87,7 +89,9 @@ class FastComposerEncoder(SubjectEncoder):
         reference.required_clip(NEEDS_CLIP, "SD1.5")  # read at Apply: caught here, on the node that has the input
         views = reference.pixels
         if reference.mask is not None:  # the encoder was trained on faces cut out of their background: black it out
-            views = replace_background(views, reference.mask.unsqueeze(-1) >= 0.5)
+            kept = reference.mask >= MASK_THRESHOLD
+            require_selected(kept, reference.mask, f"values of {MASK_THRESHOLD} and above")
+            views = replace_background(views, kept.unsqueeze(-1))
         return self.object_embeddings(views).mean(dim=0).cpu()
 
     def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):

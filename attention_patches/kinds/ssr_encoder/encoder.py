@@ -21,8 +21,10 @@ import comfy.model_patcher
 
 from ....models.ssr_encoder.aligner import mask_query_bias
 from ....models.ssr_encoder.layers import SSRLayers
-from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_checkpoint
-from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
+from ....models.safe_text import printable
+from ....models.ssr_encoder.loader import SSRCheckpoint, SSRFormatError, file_role, load_ssr_checkpoint
+from ....models.ssr_encoder.preprocess import CLIP_SIZE, MASK_THRESHOLD, clip_pixels, mask_grid
+from ...references import require_selected
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
 from ..base import ApplySettings, Capabilities, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
@@ -98,6 +100,11 @@ class SSREncoder(SubjectEncoder):
     @classmethod
     def load(cls, path: Path) -> SSREncoder:
         checkpoint = load_ssr_checkpoint(path)
+        unknown = sorted(set(checkpoint.layers.indices) - set(SD15_LAYERS))
+        if unknown:
+            raise SSRFormatError(f"{printable(checkpoint.layers_file.name)} has attention layers {unknown[:5]}, which SD1.5's "
+                                 f"UNet does not have (it has {min(SD15_LAYERS)} to {max(SD15_LAYERS)}); the file is damaged or "
+                                 "not SSR-Encoder's. Download it again.")
         modules = torch.nn.ModuleDict({"aligner": checkpoint.aligner, "layers": checkpoint.layers})
         params = sum(p.numel() for p in modules.parameters())
         modules.to(mm.unet_dtype(model_params=params, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32]))
@@ -127,6 +134,7 @@ class SSREncoder(SubjectEncoder):
         bias = None
         if reference.mask is not None:
             weight = reference.mask_weight
+            require_selected(reference.mask > MASK_THRESHOLD, reference.mask, f"values above {MASK_THRESHOLD}")
             grid = mask_grid(reference.mask, patch_grid(reference.clip_vision), self.mask_crop, self.mask_antialias)
             bias = mask_query_bias(grid, DEFAULT_MASK_WEIGHT if weight is None else float(weight))
         device, dtype = self._loaded()
