@@ -169,11 +169,11 @@ class LamicEncoder(SubjectEncoder):
                     tooltip="the first int(ratio x steps) steps use the stage-1 mask (regions isolated); official 0.05"),
             Setting("enhance_factors", "STRING", "", tooltip="one factor per reference scaling its latent, e.g. '1, 1.3'; "
                     "empty = 1 for all"),
+            Setting("deoverlap", "STRING", "", tooltip="stage 1 only: where boxes overlap, reference i yields to others, "
+                    "e.g. '2: 1; 3: 1, 2'"),
             Setting("to_area", "STRING", "", tooltip="VAE-encoded references only: scale reference i to about this many "
                     "pixels before the multiple-of-16 floor (LAMIC's per-reference to_area), e.g. '0, 262144'; one number "
                     "for all; 0 or empty = off (official default)"),
-            Setting("deoverlap", "STRING", "", tooltip="stage 1 only: where boxes overlap, reference i yields to others, "
-                    "e.g. '2: 1; 3: 1, 2'"),
         ),
     )
     preview_downscales = (2,)  # one token per 2x2 latent pixels
