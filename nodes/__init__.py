@@ -11,7 +11,7 @@ from .load_subject_encoder import LoadSubjectEncoder
 from .paths import register_model_folders
 from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
-from .safe_errors import loggable_errors
+from .safe_errors import loggable_errors, short_exception_names
 
 register_model_folders()
 register_prompt_handler()
@@ -24,6 +24,7 @@ NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
 )]
+short_exception_names()
 
 
 class MultiSubjectExtension(ComfyExtension):

@@ -8,6 +8,8 @@ from comfy_api.latest import io
 
 import browser_support
 from comfy_runtime import PACK_ROOT
+from comfy_server import PromptRefused
+from graphs import two_subject_graph
 from msp_package import pack
 
 nodes = pack("nodes")
@@ -123,3 +125,40 @@ def test_the_real_node_search_finds_every_node_by_the_words_an_artist_types(comf
             box.send_keys(word)
             browser_support.wait_for(lambda: set(titles.values()) <= set(driver.execute_script(LIBRARY_LEAVES)),
                                      message=f"the pack's nodes in the Node Library for {word!r}")
+
+
+# ------------------------------------------------------------------ errors an artist reads on the real server
+
+def encoder_refusal(server, encoder_name: str) -> str:
+    """Load Subject Encoder's message when the prompt names a file that is not there."""
+    with pytest.raises(PromptRefused) as refused:
+        server.run(two_subject_graph(encoder=encoder_name).prompt())
+    errors = refused.value.body["node_errors"]
+    return next(e["message"] + " " + e["details"] for entry in errors.values() for e in entry["errors"]
+                if entry["class_type"] == "MSP_LoadSubjectEncoder")
+
+
+@pytest.mark.parametrize("name, kind, folder, source", [
+    ("anystory_flux.bin", "AnyStory", "anystory", "Junjie96/AnyStory"),
+    ("ms_adapter_v2.safetensors", None, None, None),  # the name tells no kind: the folders, briefly
+    ("ssr/pytorch_model_1.bin", "SSR-Encoder", "ssr", "Xiaojiu-z/SSR_Encoder"),
+])
+def test_a_missing_encoder_file_names_only_its_own_kind_folder_and_source(comfy_server, name, kind, folder, source):
+    message = encoder_refusal(comfy_server, name)
+    assert len(message) < 600, message
+    kinds = pack("attention_patches.kinds.registry").KINDS
+    others = [k for k in kinds if kind is None or not k.title.startswith(kind)]
+    if kind is None:
+        assert all(f"models/{k.model_folders[0]}" in message for k in kinds), message
+        assert "Hugging Face" not in message, message
+        return
+    assert kind in message and source in message and str(comfy_server.base / "models" / folder) in message, message
+    for other in others:  # nothing of the other kinds
+        assert other.title not in message and f"models/{other.model_folders[0]}" not in message, (other.title, message)
+
+
+def test_the_error_type_comfyui_shows_is_a_short_class_name(comfy_server):
+    history = comfy_server.run(two_subject_graph(boxes=[{"x1": 0, "y1": 0, "x2": 1, "y2": 1}], preview=False).prompt())
+    error = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+    assert error["exception_type"] == "multisubject.SubjectSetupError", error["exception_type"]
+    assert "2 subject(s)" in error["exception_message"]
