@@ -8,12 +8,14 @@ from .apply_attention import ApplyMultiSubjectAttention
 from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
 from .encode_reference import EncodeReference
 from .load_subject_encoder import LoadSubjectEncoder
-from .paths import register_model_folders
+from .paths import create_model_folders, provide_example_images, register_model_folders
 from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
 from .safe_errors import loggable_errors, short_exception_names
 
 register_model_folders()
+create_model_folders()
+provide_example_images()
 register_prompt_handler()
 register_prompt_handler(settle_unused_boxes)
 
