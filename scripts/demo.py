@@ -9,8 +9,8 @@ and the route preview to ``output/``.
 workflow file): MS-Diffusion (two_subjects, lora, ...), SSR-Encoder (ssr_two_subjects, ...),
 FastComposer (fastcomposer_two_people) or AnyStory (anystory_flux).
 
-Real run -- the files it needs are the ones the example lists for ComfyUI's Missing Models dialog
-(each loader node's ``properties.models`` and the workflow's own ``models``: file, folder, URL),
+Real run -- the files it needs are the ones the example's model metadata lists (each loader node's
+``properties.models`` / ``manual_models`` and the workflow's own: file, folder, URL),
 plus its reference images in ComfyUI's ``input/`` (or ``--subject PHRASE=PATH``). For
 two_subjects:
 
@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base  # noqa: E402
 from make_reference_images import IMAGES as EXAMPLE_IMAGES, draw_image  # noqa: E402
+from model_metadata import MANUAL_KEY  # noqa: E402
 from workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt  # noqa: E402
 
 sys.path.append(str(ROOT / "tests"))  # last: only for tiny_files, which imports ComfyUI lazily (in the child that writes them)
@@ -130,16 +131,18 @@ def set_size(prompt: dict, width: int, height: int) -> None:
 
 
 def model_files(workflow: dict, nodes: dict[str, dict]) -> list[ModelFile]:
-    """Every model file the workflow loads, as ComfyUI's Missing Models dialog lists them.
+    """Every model file the workflow loads, with its folder and where to get it.
 
     A loader's file is its widget value that names a model; its folder and URL come from the node's
-    ``properties.models`` entry of that name (the examples have one for every file), else from
-    LOADER_FOLDERS. The workflow's own ``models`` are companion files no widget names (SSR-Encoder's
-    layers file beside its aligner).
+    entry of that name (``properties.models``, what ComfyUI's Missing Models dialog downloads, or
+    ``properties.manual_models``, the files an artist fetches by hand: scripts/model_metadata.py),
+    else from LOADER_FOLDERS. The workflow's own ``models`` and ``extra.manual_models`` are companion
+    files no widget names (SSR-Encoder's layers file beside its aligner).
     """
     files = []
     for node_id, node in nodes.items():
-        listed = {m.get("name"): m for m in (node.get("properties") or {}).get("models") or [] if isinstance(m, dict)}
+        properties = node.get("properties") or {}
+        listed = {m.get("name"): m for key in ("models", MANUAL_KEY) for m in properties.get(key) or [] if isinstance(m, dict)}
         values = node.get("widgets_values") if isinstance(node.get("widgets_values"), list) else []
         for index, value in enumerate(values):
             if not (isinstance(value, str) and value.lower().endswith(MODEL_FILE_SUFFIXES)):
@@ -149,7 +152,8 @@ def model_files(workflow: dict, nodes: dict[str, dict]) -> list[ModelFile]:
             if folder:
                 files.append(ModelFile(folder, value, entry.get("url", "") if entry else "", node_id, node["type"]))
     named = {(f.folder, f.name) for f in files}
-    for entry in workflow.get("models") or []:
+    companions = [*(workflow.get("models") or []), *((workflow.get("extra") or {}).get(MANUAL_KEY) or [])]
+    for entry in companions:
         if isinstance(entry, dict) and entry.get("directory") and entry.get("name") and (entry["directory"], entry["name"]) not in named:
             files.append(ModelFile(entry["directory"], entry["name"], entry.get("url", "")))
     return files
@@ -252,9 +256,11 @@ def example_drawing(name: str, target: Path) -> None:
         draw_image(name).save(target)
 
 
-def is_example_drawing(path: Path) -> bool:
+def drawing_note(path: Path, hint: str) -> str:
+    """Said of an image that is the example's own drawing (the pack copies them into ComfyUI's input/), else ''."""
     shipped = EXAMPLE_IMAGES / path.name
-    return shipped.is_file() and path.is_file() and path.read_bytes() == shipped.read_bytes()
+    same = shipped.is_file() and path.is_file() and path.read_bytes() == shipped.read_bytes()
+    return " (the example's drawing)" + hint if same else ""
 
 
 TINY_WRITER = """
@@ -535,11 +541,11 @@ def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input
             log.info("image '%s': the example's drawing %s%s", label, target, hint)
         elif source.parent.resolve() == input_dir.resolve():
             target = source
-            log.info("image '%s': %s%s", label, source, " (the example's drawing)" + hint if is_example_drawing(source) else "")
+            log.info("image '%s': %s%s", label, source, drawing_note(source, hint))
         else:
             target = input_dir / f"msp_demo_{''.join(c if c.isalnum() else '_' for c in label)}{source.suffix.lower() or '.png'}"
             shutil.copyfile(source, target)
-            log.info("image '%s': %s (copied to %s)", label, source, target)
+            log.info("image '%s': %s (copied to %s)%s", label, source, target, drawing_note(source, hint))
         names[defaults[label]] = target.name
     return names
 

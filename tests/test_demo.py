@@ -25,11 +25,12 @@ def example(name: str) -> dict:
 
 
 def listed_models(workflow: dict) -> list[dict]:
-    """What the example declares for ComfyUI's Missing Models dialog: each file widget's node.properties.models entry,
-    plus the workflow's own models."""
-    entries = list(workflow.get("models", []))
+    """What the example declares about its model files: each file widget's node entry (properties.models for the
+    Missing Models dialog, properties.manual_models for the files fetched by hand), plus the workflow's own."""
+    entries = [*workflow.get("models", []), *workflow.get("extra", {}).get("manual_models", [])]
     for node in workflow["nodes"]:
-        listed = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+        properties = node.get("properties", {})
+        listed = {m["name"]: m for key in ("models", "manual_models") for m in properties.get(key, [])}
         entries += [listed[v] for v in node["widgets_values"] if isinstance(v, str) and v.endswith(MODEL_SUFFIXES)]
     return entries
 
@@ -119,7 +120,7 @@ def test_tiny_demo_runs_an_example_of_each_other_kind(name, tmp_path):
     if name == "anystory_flux":  # its preview asks for step 5 of a 2-step run: the node's warning, in the demo's console
         assert "[demo] server: Router Mask Preview: step 5 not shown" in log, log[-3000:]
     encoder = next(n for n in example(name)["nodes"] if n["type"] == "MSP_LoadSubjectEncoder")
-    folder = encoder["properties"]["models"][0]["directory"]
+    folder = [*encoder["properties"].get("models", []), *encoder["properties"].get("manual_models", [])][0]["directory"]
     assert f"models/{folder}/{encoder['widgets_values'][0]}" in log  # written tiny under the example's own name
 
 
