@@ -151,14 +151,14 @@ def _init_ray(num_cpus: int) -> None:
                  object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, configure_logging=False)
 
 
-def start(workers: Workers, replicas: int = 2, health_check_period_s: float = 2.0):
+def start(workers: Workers, replicas: int = 2, gpus_per_replica: float = 0.0, health_check_period_s: float = 2.0):
     """Start Ray (when not connected yet) and the deployment; the handle prompts are sent through."""
     from ray import serve
 
     _init_ray(num_cpus=replicas)
     serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
     deployment = serve.deployment(ComfyUIWorker, name=DEPLOYMENT, num_replicas=replicas, max_ongoing_requests=1,
-                                  ray_actor_options={"num_cpus": 1}, health_check_period_s=health_check_period_s,
+                                  ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica}, health_check_period_s=health_check_period_s,
                                   health_check_timeout_s=30, graceful_shutdown_timeout_s=20)
     return serve.run(deployment.bind(workers), name=APP_NAME, route_prefix=None)
 
