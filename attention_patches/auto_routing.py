@@ -1,4 +1,5 @@
-"""MS-Diffusion's pseudo layout: routes taken from the model's own text attention.
+"""Auto routing of the routed cross-attention (MS-Diffusion's pseudo layout), for every kind on that layer:
+routes taken from the model's own text attention.
 
 Every layer keeps the running mean, over sampling steps, of each subject's phrase
 attention map (softmax over the text tokens, mean over heads and phrase tokens). Once the
@@ -23,6 +24,13 @@ class AutoRouting:
     phrase_tokens: tuple[tuple[int, ...], ...]
     mask_threshold: float = 0.5
     start_step: int = 5
+
+    @classmethod
+    def of(cls, settings) -> AutoRouting | None:
+        """Apply's auto-routing inputs (an ApplySettings), or None when auto routing is off."""
+        if not settings.auto_routing:
+            return None
+        return cls(settings.phrase_tokens, settings.mask_threshold, settings.start_step)
 
 
 class PromptMismatchError(ValueError):

@@ -14,6 +14,7 @@ import comfy.patcher_extension
 
 from .kinds.base import ApplySettings, Subject, SubjectSetupError
 from .layer_map import AttnKey
+from .auto_routing import AutoRouting
 from .layout import Layout
 from .patch import WRAPPER_KEY, MultiSubjectAttention, SubjectRouting, sampler_sample_wrapper
 from .recorder import RouteRecorder
@@ -121,7 +122,7 @@ def route_subjects(
         boxes=boxes,
         sigma_range=sigma_range(model, settings.start_percent, settings.end_percent),
         feather=settings.feather,
-        auto=settings.auto,
+        auto=AutoRouting.of(settings),
         recorder=recorder,
     )
     patched = model.clone()

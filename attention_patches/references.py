@@ -78,6 +78,18 @@ def checked_phrase(phrase: str, name: str = "phrase", optional: bool = False) ->
     return phrase
 
 
+MAX_DESCRIPTION_LENGTH = 2000  # characters; a sentence or a few about one subject
+
+
+def checked_description(description: str) -> str:
+    """The stripped description, or a named error when it is longer than ``MAX_DESCRIPTION_LENGTH``."""
+    description = description.strip() if isinstance(description, str) else ""
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise ReferenceError(f"the description has {len(description)} characters; at most {MAX_DESCRIPTION_LENGTH}: "
+                             "describe the subject in a sentence or a few")
+    return description
+
+
 def _check_image(image) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (1, 2, 3, 4):
         shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__

@@ -1,4 +1,4 @@
-"""What Router Mask Preview shows: the static routes of the layout and the routes the model used.
+"""What Router Mask Preview shows, for any kind: the static routes of the layout and the routes the model used.
 
 ``RoutePlan`` is the ROUTES socket's payload. Rendering draws every subject in its own colour
 (the canvas widget's palette), outlined so it shows on any image, with a legend of phrases: a
@@ -20,7 +20,7 @@ from .recorder import RouteRecorder
 from .routing import box_routes
 from ..models.safe_text import printable
 
-LATENT_SCALE = 8  # image pixels per latent pixel (SDXL VAE)
+LATENT_SCALE = 8  # image pixels per latent pixel (the VAEs of every base model the kinds patch)
 # the canvas widget (web/layout_box_canvas.js) draws boxes in the same colours
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (220, 190, 255), (170, 110, 40))

@@ -68,8 +68,8 @@ def patched_models(model, encoder, counts, quick):
     generator = torch.Generator().manual_seed(1)
 
     def subjects(count):
-        return tuple(kinds.Subject(kinds.Reference(PHRASES[i], torch.zeros(1, 1, 1, 3), clip=clip),
-                                   {encoder.encoding_key(): torch.randn(768, generator=generator)}) for i in range(count))
+        return tuple(encoder.with_encoding(kinds.Reference(PHRASES[i], torch.zeros(1, 1, 1, 3), clip=clip),
+                                           torch.randn(768, generator=generator)) for i in range(count))
 
     def layout(count):
         return layout_mod.Layout(tuple(layout_mod.LayoutBox(*box, label=PHRASES[i]) for i, box in enumerate(row_boxes(count))), 512, 512)

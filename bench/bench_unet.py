@@ -57,13 +57,12 @@ def patched_models(model, encoder, counts, auto_counts):
     kinds = pack("attention_patches.kinds.base")
     ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
     layout_mod = pack("attention_patches.layout")
-    auto_mod = pack("attention_patches.auto_routing")
     generator = torch.Generator().manual_seed(1)
 
     def subjects(count):
         """Subjects whose MS-Diffusion encodings (CLIP-bigG features, phrase embedding) are already made."""
-        return tuple(kinds.Subject(kinds.Reference(PHRASES[i], torch.zeros(1, 1, 1, 3)), {encoder.encoding_key(): ms_diffusion.EncodedSubject(
-            torch.randn(1, 257, 1664, generator=generator), torch.randn(768, generator=generator))}) for i in range(count))
+        return tuple(encoder.with_encoding(kinds.Reference(PHRASES[i], torch.zeros(1, 1, 1, 3)), ms_diffusion.EncodedSubject(
+            torch.randn(1, 257, 1664, generator=generator), torch.randn(768, generator=generator))) for i in range(count))
 
     def layout(count):
         boxes = tuple(layout_mod.LayoutBox(*box, label=PHRASES[i]) for i, box in enumerate(row_boxes(count)))
@@ -79,9 +78,9 @@ def patched_models(model, encoder, counts, auto_counts):
         apply_seconds[count] = time.perf_counter() - start
     for count in auto_counts:
         # start_step 1: the pseudo routes are active at every timed step (the cost of any step past start_step)
-        auto = auto_mod.AutoRouting(PROMPT_PHRASE_TOKENS[:count], mask_threshold=0.5, start_step=1)
+        auto = dict(auto_routing=True, phrase_tokens=PROMPT_PHRASE_TOKENS[:count], mask_threshold=0.5, start_step=1)
         out[f"auto, {count} subjects"] = encoder.apply(
-            model, subjects(count), layout(count), injection.ApplySettings(scale=0.6, auto=auto))
+            model, subjects(count), layout(count), injection.ApplySettings(scale=0.6, **auto))
     return out, apply_seconds
 
 

@@ -5,19 +5,19 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_attention import ApplyMultiSubjectAttention
-from .draw_layout_box import DrawLayoutBox, settle_unused_boxes
+from .draw_layout_box import DrawLayoutBox
+from ..attention_patches.kinds.registry import KINDS
 from .encode_reference import EncodeReference
+from .kind_settings import settings_nodes
 from .load_subject_encoder import LoadSubjectEncoder
+from .notifier import NOTIFIER
 from .paths import create_model_folders, provide_example_images, register_model_folders
-from .route_capture import register_prompt_handler
 from .router_mask_preview import RouterMaskPreview
 from .safe_errors import loggable_errors, short_exception_names
 
 register_model_folders()
 create_model_folders()
 provide_example_images()
-register_prompt_handler()
-register_prompt_handler(settle_unused_boxes)
 
 NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,
@@ -25,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     DrawLayoutBox,
     ApplyMultiSubjectAttention,
     RouterMaskPreview,
+    *settings_nodes(KINDS),
 )]
 short_exception_names()
 
@@ -36,4 +37,5 @@ class MultiSubjectExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> MultiSubjectExtension:
+    NOTIFIER.connect()  # ComfyUI calls this from its running server
     return MultiSubjectExtension()

@@ -9,6 +9,7 @@ from ..attention_patches.layout import (
 from .types import CATEGORY, SEARCHABLE, LayoutSocket
 
 NODE_ID = "MSP_DrawLayoutBox"
+NOT_CONNECTED = object()  # validate_inputs' mask when the MASK input has no link
 DEFAULT_BOXES = boxes_to_json(preset_boxes("two subjects"))
 
 
@@ -43,13 +44,16 @@ class DrawLayoutBox(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, boxes: str) -> bool | str:
-        """Queue-time check of the drawn boxes (one argument: ComfyUI repeats the message under each one).
+    def validate_inputs(cls, boxes: str, mask=NOT_CONNECTED) -> bool | str:
+        """Queue-time check of the drawn boxes, shown once under 'boxes'.
 
-        Boxes a preset or a MASK overrides never get here unparsed: see :func:`settle_unused_boxes`.
+        ComfyUI repeats a message under every argument it passes here, and passes ``mask`` only when
+        it is connected (as None: its value comes later): then the MASK gives the boxes and the text
+        only its labels, so any text passes. A preset is not read here (it would add a second copy of
+        every message): with a preset the text must still parse, as the canvas always leaves it.
         """
-        if not isinstance(boxes, str):
-            return True  # a linked STRING: checked when run
+        if not isinstance(boxes, str) or mask is not NOT_CONNECTED:
+            return True  # a linked STRING: checked when run; a MASK: the text gives only labels
         try:
             parse_boxes(boxes)
         except LayoutError as e:
@@ -76,30 +80,6 @@ class DrawLayoutBox(io.ComfyNode):
             # a second, full-size preview under the node (Nodes 2.0)
             shown["msp_image"] = ui.PreviewImage(image[:1], cls=cls).as_dict()["images"]
         return io.NodeOutput(layout, ui=shown)
-
-
-UNUSED_BOXES = boxes_to_json((LayoutBox(0.0, 0.0, 1.0, 1.0),))
-
-
-def settle_unused_boxes(json_data: dict) -> dict:
-    """On-prompt handler: a boxes STRING that a chosen preset or a connected MASK overrides is not checked.
-
-    Such a string may be anything (the canvas keeps broken text until it is fixed); when it does
-    not parse it is replaced by one unlabelled box, which the preset or the MASK overrides as well.
-    """
-    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
-    for node in prompt.values() if isinstance(prompt, dict) else ():
-        inputs = node.get("inputs") if isinstance(node, dict) and node.get("class_type") == NODE_ID else None
-        if not isinstance(inputs, dict) or not isinstance(inputs.get("boxes"), str):
-            continue
-        preset = inputs.get("preset", CUSTOM_PRESET)
-        overridden = (isinstance(preset, str) and preset != CUSTOM_PRESET) or isinstance(inputs.get("mask"), list)
-        if overridden:
-            try:
-                parse_boxes(inputs["boxes"])
-            except LayoutError:
-                inputs["boxes"] = UNUSED_BOXES
-    return json_data
 
 
 def _labels_source(text: str) -> tuple[LayoutBox, ...]:

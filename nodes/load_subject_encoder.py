@@ -4,12 +4,12 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import SubjectSetupError
-from ..attention_patches.kinds.registry import KINDS, kinds_for_file, load_subject_encoder, model_folders
+from ..attention_patches.kinds.registry import builtin_kinds, file_kinds, kinds_for_file, load_subject_encoder, model_folders
 from ..models.safe_text import quoted
 from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 
-KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in KINDS)
+KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in file_kinds())
 
 
 def not_found_message(encoder_name: str) -> str:
@@ -38,8 +38,9 @@ class LoadSubjectEncoder(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "encoder_name",
-                    options=sorted(encoder_files()),
-                    tooltip=f"a subject encoder file; its kind is recognised from its keys ({KNOWN_FILES})",
+                    options=sorted(encoder_files()) + list(builtin_kinds()),
+                    tooltip=f"a subject encoder file; its kind is recognised from its keys ({KNOWN_FILES}); "
+                    "kinds without a weights file are listed by name",
                 ),
                 io.StyleModel.Input("style_model", optional=True,
                                     tooltip="AnyStory: the FLUX.1 Redux style model (Load Style Model with "
@@ -50,19 +51,20 @@ class LoadSubjectEncoder(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, encoder_name: str) -> bool | str:
-        if encoder_path(encoder_name) is None:
+        if encoder_name not in builtin_kinds() and encoder_path(encoder_name) is None:
             return not_found_message(encoder_name)
         return True
 
     @classmethod
     def execute(cls, encoder_name: str, style_model=None) -> io.NodeOutput:
-        path = encoder_path(encoder_name)
-        if path is None:
+        builtin = builtin_kinds().get(encoder_name)
+        path = encoder_path(encoder_name) if builtin is None else None
+        if builtin is None and path is None:
             raise FileNotFoundError(f"Load Subject Encoder: {quoted(encoder_name)} not found")
-        encoder = load_subject_encoder(path)
-        if style_model is not None:
-            try:
+        try:
+            encoder = builtin.builtin() if builtin is not None else load_subject_encoder(path)
+            if style_model is not None:
                 encoder = encoder.with_style_model(style_model)
-            except SubjectSetupError as e:
-                raise SubjectSetupError(f"Load Subject Encoder: {e}") from None
+        except SubjectSetupError as e:
+            raise SubjectSetupError(f"Load Subject Encoder: {e}") from None
         return io.NodeOutput(encoder)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..attention_patches.kinds.registry import KINDS, model_folders
+from ..attention_patches.kinds.registry import file_kinds, model_folders
 
 SAM_FOLDER = "sams"
 EXTENSIONS = {".bin", ".safetensors", ".pth", ".pt"}
@@ -29,7 +29,7 @@ def create_model_folders() -> None:
 
     So an artist sees where a download goes; the kinds' alternative folders are only searched.
     """
-    for name in dict.fromkeys([*(kind.model_folders[0] for kind in KINDS if kind.model_folders), SAM_FOLDER]):
+    for name in dict.fromkeys([*(kind.model_folders[0] for kind in file_kinds() if kind.model_folders), SAM_FOLDER]):
         try:
             os.makedirs(os.path.join(folder_paths.models_dir, name), exist_ok=True)
         except OSError as error:  # a read-only install: the folders are only a convenience

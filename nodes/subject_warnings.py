@@ -1,16 +1,19 @@
-"""Warnings for graphs that run but ground a subject poorly: its phrase missing from the positive prompt,
-or its box labelled with another phrase.
+"""Warnings for graphs that run but do not do what they seem to: a phrase missing from the positive prompt,
+a box labelled with another phrase, a reference input the kind in use does not read.
 
-With MS-Diffusion the phrase is what grounds a subject (its tokens in the prompt, its phrase
-embedding), so both cases would otherwise run silently with a weaker or misplaced subject. Warnings go to the log and, while the node runs, to the node itself in the
-frontend (ComfyUI's progress text under the node).
+For kinds that ground a subject by its phrase (their capabilities name a phrase tokenizer), a
+phrase missing from the prompt would otherwise run silently with a weaker or misplaced subject.
+Warnings go to the log and, while the node runs, to the node itself in the frontend (ComfyUI's
+progress text under the node). They come from the kind's declared capabilities, so each names
+the kind actually in use.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sys
+
+from .notifier import NOTIFIER
 
 log = logging.getLogger("comfyui_multisubject")
 
@@ -86,15 +89,17 @@ def mentions(text: str, phrase: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(phrase.lower()), text.lower()) is not None
 
 
-def subject_warnings(phrases: list[str], labels: list[str], positive_texts: list[str]) -> list[str]:
-    """One line per problem: a phrase no positive prompt mentions, a box labelled with another phrase."""
+def subject_warnings(phrases: list[str], labels: list[str], positive_texts: list[str], kind) -> list[str]:
+    """One line per problem: a phrase no positive prompt mentions (for a ``kind`` that grounds by phrase),
+    a box labelled with another phrase."""
     warnings = []
-    if positive_texts:
+    tokenizer = kind.capabilities.phrase_tokenizer
+    if positive_texts and tokenizer is not None:
         for number, phrase in enumerate(phrases, start=1):
             if not any(mentions(text, phrase) for text in positive_texts):
                 warnings.append(f"subject {number}'s phrase {quoted(phrase)} is not in the positive prompt: "
-                                "mention it there (MS-Diffusion grounds each subject by its phrase in the prompt), "
-                                "or change the phrase to the prompt's word for it")
+                                f"mention it there ({kind.title} grounds each subject by its phrase in the prompt, "
+                                f"found with {tokenizer}), or change the phrase to the prompt's word for it")
     for number, (phrase, label) in enumerate(zip(phrases, labels), start=1):
         if label and label.strip().lower() != phrase.lower():
             warnings.append(f"box {number} is labelled {quoted(label)} but subject {number} is {quoted(phrase)}: "
@@ -102,10 +107,33 @@ def subject_warnings(phrases: list[str], labels: list[str], positive_texts: list
     return warnings
 
 
+WIDGET_DEFAULTS = {"query": "", "description": "", "mask_weight": 5.0}  # Encode Reference's widgets: set when not these
+
+
+def connected_inputs(reference) -> set[str]:
+    """The Encode Reference inputs of ``reference`` that are connected (sockets) or set (widgets)."""
+    sockets = {name for name in ("clip_vision", "clip", "vae", "mask") if getattr(reference, name) is not None}
+    widgets = {name for name, default in WIDGET_DEFAULTS.items() if getattr(reference, name) not in (None, default)}
+    return sockets | widgets
+
+
+def unused_input_warnings(kind, reference) -> list[str]:
+    """One line per connected or set input of ``reference`` that ``kind`` does not read."""
+    unused = sorted(connected_inputs(reference) - kind.capabilities.reference_inputs)
+    return [f"Encode Reference's '{name}' is {'connected' if name in ('clip_vision', 'clip', 'vae') else 'set'} but "
+            f"{kind.title} does not read it: it has no effect (disconnect or clear it)" for name in unused]
+
+
+def readers(kinds, name: str) -> str:
+    """Which kinds read Encode Reference's input ``name`` and which need it, for its tooltip."""
+    reading = [f"{kind.title}{' (required)' if name in kind.capabilities.required_inputs else ''}"
+               for kind in kinds if name in kind.capabilities.reference_inputs]
+    return f"read by {', '.join(reading)}" if reading else "read by no kind of this pack"
+
+
 def show_warnings(node_name: str, node_id: str | None, warnings: list[str]) -> None:
     """Log the warnings and show them on the running node in the frontend (when a server runs it)."""
     for warning in warnings:
         log.warning("%s: %s", node_name, warning)
-    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
-    if warnings and server is not None and node_id is not None:  # to the client that queued the prompt
-        server.send_progress_text("\n".join(f"⚠ {w}" for w in warnings), str(node_id), getattr(server, "client_id", None))
+    if warnings:
+        NOTIFIER.show_text(node_id, "\n".join(f"⚠ {w}" for w in warnings))

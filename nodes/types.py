@@ -6,6 +6,7 @@ SubjectEncoderSocket = io.Custom("MSP_SUBJECT_ENCODER")
 SubjectsSocket = io.Custom("MSP_SUBJECTS")
 LayoutSocket = io.Custom("MSP_LAYOUT")
 RoutesSocket = io.Custom("MSP_ROUTES")
+KindSettingsSocket = io.Custom("MSP_KIND_SETTINGS")
 
 CATEGORY = "multi_subject"
 NODE_ID_PREFIX = "MSP_"

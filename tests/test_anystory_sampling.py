@@ -36,9 +36,7 @@ def encoder():
 def subjects_for(encoder, count, ref_grid=4):
     out = []
     for i, encoding in enumerate(tiny_flux.tiny_encodings(count, ref_grid=ref_grid)):
-        subject = base.Subject(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)))
-        subject.encodings[encoder.encoding_key()] = encoding
-        out.append(subject)
+        out.append(encoder.with_encoding(base.Reference(f"subject {i}", torch.zeros(1, 8, 8, 3)), encoding))
     return tuple(out)
 
 
@@ -236,7 +234,7 @@ def test_encode_reference_node_encodes_masked_subjects_with_siglip_and_the_vae(e
     for pixels, subject_mask in ((image, mask), (other, mask), (torch.cat((other, mask[..., None]), dim=-1), None)):
         subjects, _ = nodes.EncodeReference.execute(clip_vision=vision, image=pixels, phrase="dog", mask=subject_mask,  # no clip: not used
                                                     subject_encoder=encoder, vae=vae).args
-        encoded.append(subjects[0].encodings[encoder.encoding_key()])
+        encoded.append(encoder.encodings[subjects[0].reference])  # encoded eagerly on Encode Reference
     first = encoded[0]
     assert first.redux.shape == (81, tiny_flux.TXT_DIM) and first.router.shape == (9, tiny_flux.TXT_DIM)
     assert first.ref_latents.shape == (1024, tiny_flux.LATENT_CHANNELS * 4) and first.ref_mask.shape == (1024,)
@@ -263,6 +261,6 @@ def test_low_precision_weights_are_used_as_loaded_and_never_changed(encoder, sto
 
 
 def test_auto_routing_is_refused_with_a_reason(flux_model, encoder):
-    auto = pack("attention_patches.auto_routing").AutoRouting(((1,), (2,)), 0.5, 5)
+    auto = base.ApplySettings(auto_routing=True, phrase_tokens=((1,), (2,)))
     with pytest.raises(base.SubjectSetupError, match="learned router"):
-        encoder.apply(flux_model, subjects_for(encoder, 2), None, base.ApplySettings(auto=auto))
+        encoder.apply(flux_model, subjects_for(encoder, 2), None, auto)

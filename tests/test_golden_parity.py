@@ -9,9 +9,9 @@ from msp_package import pack
 TOLERANCE = GOLDEN_TOLERANCE
 pytestmark = pytest.mark.golden
 
-loader = pack("models.loader")
-resampler = pack("models.resampler")
-ms_diffusion = pack("models.ms_diffusion")
+loader = pack("models.ms_diffusion.loader")
+resampler = pack("models.ms_diffusion.resampler")
+ms_diffusion = pack("models.ms_diffusion.model")
 patch_mod = pack("attention_patches.patch")
 auto_routing = pack("attention_patches.auto_routing")
 subject_bank = pack("attention_patches.subject_bank")

@@ -10,7 +10,7 @@ import torch
 
 from msp_package import PACK_ROOT, pack
 
-loader = pack("models.loader")
+loader = pack("models.ms_diffusion.loader")
 safe_load = pack("models.safe_load")
 registry = pack("attention_patches.kinds.registry")
 
@@ -44,7 +44,7 @@ def test_a_small_compressed_bin_declaring_a_huge_tensor_is_refused_without_readi
         "import resource, sys\n"
         f"sys.path.insert(0, {str(PACK_ROOT / 'tests')!r})\n"
         "from comfy_runtime import import_comfy\nimport_comfy()\n"
-        "from msp_package import pack\nloader = pack('models.loader')\n"
+        "from msp_package import pack\nloader = pack('models.ms_diffusion.loader')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    loader.load_encoder(sys.argv[1])\nexcept loader.SubjectEncoderFormatError as e:\n    print('REFUSED', e)\n"
         "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"

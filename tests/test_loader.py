@@ -11,8 +11,8 @@ import folder_paths
 
 from msp_package import pack
 
-loader = pack("models.loader")
-convert = pack("models.convert")
+loader = pack("models.ms_diffusion.loader")
+convert = pack("models.ms_diffusion.convert")
 layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
 subject_encoder = pack("attention_patches.kinds.registry")
 nodes = pack("nodes")

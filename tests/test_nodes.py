@@ -13,12 +13,12 @@ ms_diffusion = pack("attention_patches.kinds.ms_diffusion.encoder")
 DOCUMENTED = {
     "MSP_LoadSubjectEncoder": (["encoder_name", "style_model"], ["MSP_SUBJECT_ENCODER"]),
     "MSP_EncodeReference": (["clip_vision", "clip", "image", "phrase", "mask", "subjects", "background_removal", "sam_box",
-                             "subject_encoder", "vae", "query", "mask_weight"],
+                             "subject_encoder", "vae", "query", "mask_weight", "description"],
                             ["MSP_SUBJECTS", "MASK"]),
     "MSP_DrawLayoutBox": (["boxes", "width", "height", "preset", "image", "mask"], ["MSP_LAYOUT"]),
     "MSP_ApplyMultiSubjectAttention": (["model", "subject_encoder", "subjects", "layout", "scale", "subject_scales",
                                         "start_percent", "end_percent", "drop_grounding", "auto_routing", "prompt",
-                                        "mask_threshold", "start_step", "feather"], ["MODEL", "MSP_ROUTES"]),
+                                        "mask_threshold", "start_step", "feather", "kind_settings", "record_routes"], ["MODEL", "MSP_ROUTES"]),
     "MSP_RouterMaskPreview": (["routes", "latent", "image", "steps", "layers"], ["IMAGE", "MASK"]),
 }
 

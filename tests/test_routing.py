@@ -16,7 +16,6 @@ patch_mod = pack("attention_patches.patch")
 auto_routing = pack("attention_patches.auto_routing")
 phrase_tokens = pack("attention_patches.phrase_tokens")
 routing = pack("attention_patches.routing")
-route_capture = pack("nodes.route_capture")
 
 LATENT = (16, 24)
 PROMPT = "a photo of a dog and a cat on a lawn"
@@ -183,22 +182,13 @@ def test_consecutive_runs_share_no_state(tiny_unet, tiny_encoder, subjects, tiny
     assert routes.recorder.steps == [0, 1]
 
 
-def test_without_a_preview_nothing_is_recorded(tiny_unet, tiny_encoder, subjects, tiny_clip):
-    model, routes = auto(tiny_unet, tiny_encoder, subjects, graph={})
+def test_with_record_routes_off_nothing_is_recorded(tiny_unet, tiny_encoder, subjects, tiny_clip):
+    model, routes = auto(tiny_unet, tiny_encoder, subjects, record_routes=False)
     assert routes.recorder is None
     patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4, 0)]
     assert all(r.recorder is None for r in patch.routings)
     sample(model, tiny_clip, LATENT, steps=2, prompt=PROMPT)
     assert all(r.recorder is None for r in patch.routings)
-
-
-def test_prompt_handler_flags_previewed_apply_nodes():
-    prompt = {APPLY_ID: {"class_type": "MSP_ApplyMultiSubjectAttention", "inputs": {"scale": 0.6}},
-              "8": {"class_type": "MSP_ApplyMultiSubjectAttention", "inputs": {}}, **PREVIEWING_PROMPT}
-    route_capture.mark_previewed_routes({"prompt": prompt})
-    assert prompt[APPLY_ID]["inputs"][route_capture.PREVIEWED_FLAG] is True
-    assert prompt["8"]["inputs"][route_capture.PREVIEWED_FLAG] is False
-    assert route_capture.mark_previewed_routes({"prompt": "junk"}) == {"prompt": "junk"}
 
 
 def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_encoder, subjects, tiny_clip, caplog):

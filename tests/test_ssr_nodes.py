@@ -60,7 +60,7 @@ def test_encode_reference_and_apply_nodes(folders, sd15):
                                             subject_encoder=encoder, query=query, mask_weight=1.0)
         subjects = out.args[0]
     assert [s.reference.query_text for s in subjects] == ["a man", "a dog"]
-    tokens = [s.encodings[encoder.encoding_key()].tokens for s in subjects]  # encoded eagerly on Encode Reference
+    tokens = [encoder.encodings[s.reference].tokens for s in subjects]  # encoded eagerly on Encode Reference
     assert not torch.allclose(tokens[0], tokens[1], atol=1e-4)  # one photo, two queries, two subjects
     apply = dict(model=unet, subject_encoder=encoder, subjects=subjects, scale=0.65, start_percent=0.0, end_percent=1.0,
                  drop_grounding=False)

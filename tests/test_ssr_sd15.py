@@ -265,11 +265,10 @@ def test_wrong_pairings_are_named(unet, clip, vision, encoder, subjects, tiny):
 
 
 def test_auto_routing_and_feather_shape_the_routes_of_ssr_subjects(unet, clip, encoder, subjects):
-    auto_routing = pack("attention_patches.auto_routing")
     phrases = pack("attention_patches.phrase_tokens").locate_phrases(clip.tokenizer, "a dog and a cat", ["dog", "cat"])
     boxes = layout(BOXES, ["dog", "cat"], width=192, height=128)
     plain = sample(encoder.apply(unet, subjects, boxes, settings()), clip, LATENT, steps=3)
-    auto = sample(encoder.apply(unet, subjects, boxes, settings(auto=auto_routing.AutoRouting(phrases, 0.5, 1))), clip, LATENT, steps=3)
+    auto = sample(encoder.apply(unet, subjects, boxes, settings(auto_routing=True, phrase_tokens=phrases, start_step=1)), clip, LATENT, steps=3)
     feathered = sample(encoder.apply(unet, subjects, boxes, settings(feather=4.0)), clip, LATENT, steps=3)
     assert torch.isfinite(auto).all() and torch.isfinite(feathered).all()
     assert not torch.allclose(auto, plain) and not torch.allclose(feathered, plain)

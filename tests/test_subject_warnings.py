@@ -2,11 +2,15 @@
 
 import json
 
+import torch
+
 import browser_support
 from graphs import out, two_subject_graph
 from msp_package import pack
 
 warnings_mod = pack("nodes.subject_warnings")
+registry = pack("attention_patches.kinds.registry")
+MS_DIFFUSION = next(k for k in registry.KINDS if k.kind == "ms_diffusion_sdxl")
 
 
 def apply_id(prompt: dict) -> str:
@@ -33,14 +37,14 @@ def test_positive_prompts_follow_the_sampler_of_this_apply_through_lora_and_cont
 
 
 def test_the_warnings_name_the_subject_and_the_fix():
-    found = warnings_mod.subject_warnings(["dog", "cat"], ["dog", "cat"], ["Two dogs and a cat"])
+    found = warnings_mod.subject_warnings(["dog", "cat"], ["dog", "cat"], ["Two dogs and a cat"], MS_DIFFUSION)
     assert found == []  # case-insensitive, plural allowed
-    found = warnings_mod.subject_warnings(["dog", "hat"], ["dog", "cat"], ["a dog and a cat"])
+    found = warnings_mod.subject_warnings(["dog", "hat"], ["dog", "cat"], ["a dog and a cat"], MS_DIFFUSION)
     assert len(found) == 2
     assert "subject 2's phrase 'hat' is not in the positive prompt" in found[0]
     assert "box 2 is labelled 'cat' but subject 2 is 'hat'" in found[1]
-    assert warnings_mod.subject_warnings(["hat"], [""], []) == []  # no prompt text known, no label: nothing to say
-    unsafe = warnings_mod.subject_warnings(["d\udcffg"], ["x" * 10_000], ["a dog"])
+    assert warnings_mod.subject_warnings(["hat"], [""], [], MS_DIFFUSION) == []  # no prompt text known, no label: nothing to say
+    unsafe = warnings_mod.subject_warnings(["d\udcffg"], ["x" * 10_000], ["a dog"], MS_DIFFUSION)
     for line in unsafe:
         line.encode("utf-8")  # lone surrogates escaped: safe to log and to send
         assert len(line) < 400
@@ -80,3 +84,43 @@ def test_the_warning_appears_on_the_apply_node_in_the_real_frontend(comfy_server
     with browser_support.browser_session(comfy_server, tmp_path / "profile") as driver:
         shown = browser_support.js(driver, SHOW_AND_RUN, prompt, apply_id(prompt))
     assert shown and "subject 2's phrase 'hat' is not in the positive prompt" in shown
+
+
+def test_the_phrase_warning_names_the_kind_in_use_and_its_tokenizer_never_another_kind():
+    for kind in registry.KINDS:
+        found = warnings_mod.subject_warnings(["hat"], [], ["a dog"], kind)
+        others = [k.title for k in registry.KINDS if k is not kind]
+        if kind.capabilities.phrase_tokenizer is None:  # no phrase grounding: a phrase missing from the prompt is fine
+            assert found == [], kind.kind
+            continue
+        assert len(found) == 1 and kind.title in found[0] and kind.capabilities.phrase_tokenizer in found[0], found
+        assert not any(title.split(" (")[0] in found[0] for title in others), found
+
+
+def test_an_input_the_kind_does_not_read_is_warned_naming_the_input_and_the_kind():
+    base = pack("attention_patches.kinds.base")
+    reference = base.Reference("dog", torch.zeros(1, 8, 8, 3), clip_vision=object(), clip=object(), vae=object(),
+                               query="a dog", mask_weight=5.0, description="a brown dog")
+    for kind in registry.KINDS:
+        found = warnings_mod.unused_input_warnings(kind, reference)
+        unread = {"clip_vision", "clip", "vae", "query", "description"} - kind.capabilities.reference_inputs
+        assert sorted(w.split("'")[2] for w in found) == sorted(unread), (kind.kind, found)
+        assert all(kind.title in w for w in found)
+    plain = base.Reference("dog", torch.zeros(1, 8, 8, 3), mask_weight=5.0)  # widgets at their defaults: nothing set
+    assert all(warnings_mod.unused_input_warnings(kind, plain) == [] for kind in registry.KINDS)
+
+
+def test_encode_reference_warns_on_its_own_node_when_it_encodes(tiny_vision, tiny_clip, tiny_encoder, caplog):
+    nodes = pack("nodes")
+    image = torch.rand(1, 32, 32, 3)
+    nodes.EncodeReference.execute(clip_vision=tiny_vision, clip=tiny_clip, image=image, phrase="dog", query="a dog",
+                                  subject_encoder=tiny_encoder)
+    assert "Encode Reference: Encode Reference's 'query' is set but MS-Diffusion (SDXL) does not read it" in caplog.text
+
+
+def test_encode_reference_tooltips_name_the_kinds_that_read_each_input():
+    nodes = pack("nodes")
+    inputs = {i.id: i for i in nodes.EncodeReference.define_schema().inputs}
+    for name in ("clip_vision", "clip", "vae", "query", "mask_weight", "description"):
+        for kind in registry.KINDS:
+            assert (kind.title in inputs[name].tooltip) == (name in kind.capabilities.reference_inputs), (name, kind.kind)

@@ -163,8 +163,8 @@ def unet_cross_attention_widths(model: comfy.model_patcher.ModelPatcher) -> dict
 def tiny_subject_encoder_state_dict(seed: int = 4, widths: dict | None = None, vision_width: int = VISION_WIDTH) -> dict:
     """A nested dict shaped like the official ms_adapter.bin, for the tiny UNet."""
     layer_map = pack("attention_patches.kinds.ms_diffusion.layer_map")
-    resampler_mod = pack("models.resampler")
-    encoder_mod = pack("models.ms_diffusion")
+    resampler_mod = pack("models.ms_diffusion.resampler")
+    encoder_mod = pack("models.ms_diffusion.model")
     if widths is None:
         widths = {(span.block, span.number, t): UNET_CONFIG["model_channels"] * UNET_CONFIG["channel_mult"][span.downscale.bit_length() - 1]
                   for span in layer_map.SDXL_BLOCKS for t in range(span.transformers)}

@@ -22,7 +22,7 @@ from ....models.anystory import reference as ref_inputs
 from ....models.anystory.checkpoint import AnyStoryLoRAs, AnyStoryWeights, load_weights, recognises
 from ....models.anystory.embedder import REDUX_GRID, ROUTER_GRID, GatedPoolingEmbedder, embedder_state
 from ....models.safe_load import read_keys, read_tensors
-from ..base import ApplySettings, Reference, SubjectEncoder, SubjectSetupError, encodings_of
+from ..base import ApplySettings, Capabilities, Reference, SubjectEncoder, SubjectSetupError, encodings_of
 from .gating import Gating
 from .patch import AnyStoryPatch, AnyStorySettings, SubjectTokens
 
@@ -99,6 +99,10 @@ class AnyStoryEncoder(SubjectEncoder):
                     "(flux1-redux-dev.safetensors) in models/style_models and SigLIP (sigclip_vision_patch14_384.safetensors)")
     preview_downscales = (2,)  # one FLUX token per 2x2 latent pixels
     learned_routes = True
+    capabilities = Capabilities(
+        reference_inputs=frozenset({"clip_vision", "vae", "mask"}),
+        required_inputs=frozenset({"clip_vision", "vae"}),
+    )
 
     def __init__(self, name: str, weights: AnyStoryWeights, redux_base: dict[str, torch.Tensor] | None = None,
                  lora_patchers: dict | None = None):
@@ -129,9 +133,6 @@ class AnyStoryEncoder(SubjectEncoder):
             self._lora_patchers[devices] = comfy.model_patcher.ModelPatcher(
                 AnyStoryLoRAs(self.weights), load_device=devices[0], offload_device=devices[1])
         return self._lora_patchers[devices]
-
-    def encoding_key(self):
-        return (self.kind, self.serial)  # with_style_model makes a new encoder, so the Redux weights are part of it
 
     def embedders(self) -> tuple[GatedPoolingEmbedder, GatedPoolingEmbedder]:
         if self._embedders is None:
@@ -187,7 +188,7 @@ class AnyStoryEncoder(SubjectEncoder):
 
     def apply(self, model, subjects, layout, settings: ApplySettings, recorder=None):
         self.check_model(model)
-        if settings.auto is not None:
+        if settings.auto_routing:
             raise SubjectSetupError("AnyStory routes every token with its own learned router; turn auto_routing off "
                                     "(Router Mask Preview shows the learned routes)")
         if not subjects:

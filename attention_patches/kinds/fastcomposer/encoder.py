@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ import comfy.patcher_extension
 from ....models.fastcomposer.delay import DEMO_START_PERCENT
 from ....models.fastcomposer.loader import FastComposerFormatError, FastComposerWeights, is_fastcomposer, load_weights
 from ....models.fastcomposer.preprocess import OBJECT_RESOLUTION, reference_vision_input, replace_background
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
+from ..base import ApplySettings, Capabilities, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of, missing_clip_message
 from .fusion_patch import WRAPPER_KEY, BoxedFusionAttention, FusedPeople, FusionWrapper
 from .model_check import check_model, cross_attention_blocks
 from .tokens import PhraseNotFoundError, subject_token_positions
@@ -37,6 +37,11 @@ class FastComposerEncoder(SubjectEncoder):
                     "into fastcomposer_encoder.safetensors (models/fastcomposer) and fastcomposer_unet.safetensors "
                     "(models/diffusion_models, Load Diffusion Model)")
     preview_downscales = (1, 2, 4)  # SD1.5's cross-attention grids: latent / 1, 2 and 4
+    capabilities = Capabilities(
+        reference_inputs=frozenset({"clip", "mask"}),
+        required_inputs=frozenset({"clip"}),
+        phrase_tokenizer="SD1.5's CLIP tokenizer",
+    )
 
     def __init__(self, name: str, weights: FastComposerWeights, object_resolution: int = OBJECT_RESOLUTION):
         self.name = name
@@ -68,9 +73,6 @@ class FastComposerEncoder(SubjectEncoder):
         encoder = cls(Path(path).name, load_weights(path))
         log.info("loaded FastComposer encoder %s: vision %s", Path(path).name, encoder.vision)
         return encoder
-
-    def encoding_key(self) -> Hashable:
-        return (self.kind, self.serial, self.object_resolution)
 
     @torch.no_grad()
     def object_embeddings(self, views: torch.Tensor) -> torch.Tensor:

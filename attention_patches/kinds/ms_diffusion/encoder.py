@@ -15,13 +15,13 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ....models.loader import SubjectEncoderFormatError, load_encoder
-from ....models.ms_diffusion import MSDiffusionEncoder
+from ....models.ms_diffusion.loader import SubjectEncoderFormatError, load_encoder
+from ....models.ms_diffusion.model import MSDiffusionEncoder
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects, subject_value_scales
 from ...layer_map import AttnKey
 from ...references import blank_background, image_encoder_family
 from ....models.safe_text import quoted
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
+from ..base import ApplySettings, Capabilities, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .layer_map import SDXL_ADAPTER_INDICES, SDXL_DOWNSCALES, sdxl_key_for_index
 
 CHECKPOINT_PREFIXES = ("image_proj.", "ms_adapter.")
@@ -67,6 +67,12 @@ class MSDiffusionSDXL(SubjectEncoder):
     model_folders = ("msdiffusion",)
     where_to_get = "ms_adapter.bin from the MS-Diffusion release (Hugging Face doge1516/MS-Diffusion)"
     preview_downscales = SDXL_DOWNSCALES
+    capabilities = Capabilities(
+        layout="required",
+        reference_inputs=frozenset({"clip_vision", "clip", "mask"}),
+        required_inputs=frozenset({"clip_vision", "clip"}),
+        phrase_tokenizer="SDXL's CLIP-L tokenizer",
+    )
 
     def __init__(self, name: str, module: MSDiffusionEncoder, patcher: comfy.model_patcher.ModelPatcher):
         self.name = name

@@ -10,7 +10,7 @@ each subject attends only inside its box; without one, everywhere (the official 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ....models.ssr_encoder.loader import SSRCheckpoint, file_role, load_ssr_che
 from ....models.ssr_encoder.preprocess import CLIP_SIZE, clip_pixels, mask_grid
 from ...injection import check_cross_attention, check_subjects_fit_layout, compute_dtype, route_subjects
 from ...layer_map import AttnKey
-from ..base import ApplySettings, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
+from ..base import ApplySettings, Capabilities, Reference, Subject, SubjectEncoder, SubjectSetupError, encodings_of
 from .encoding import NEEDS_CLIP, clip_layer_features, patch_grid, query_embedding
 from .layer_map import SD15_DOWNSCALES, SD15_LAYERS
 
@@ -76,6 +76,11 @@ class SSREncoder(SubjectEncoder):
                     "github.com/Xiaojiu-z/SSR_Encoder), or ssr_aligner.safetensors + ssr_attentions.safetensors from "
                     "Hugging Face logtd/ssr_encoder; both files side by side")
     preview_downscales = SD15_DOWNSCALES
+    capabilities = Capabilities(
+        reference_inputs=frozenset({"clip_vision", "clip", "mask", "query", "mask_weight"}),
+        required_inputs=frozenset({"clip_vision", "clip"}),
+        phrase_tokenizer="SD1.5's CLIP tokenizer",
+    )
 
     def __init__(self, name: str, checkpoint: SSRCheckpoint, patcher, mask_crop: bool = True, mask_antialias: bool = True,
                  official_multi_scale: bool = False):
@@ -102,9 +107,6 @@ class SSREncoder(SubjectEncoder):
     @property
     def layer_keys(self) -> dict[int, AttnKey]:
         return {index: SD15_LAYERS[index].key for index in self.checkpoint.layers.indices}
-
-    def encoding_key(self) -> Hashable:
-        return (self.kind, self.serial, self.mask_crop, self.mask_antialias)
 
     def _loaded(self) -> tuple[torch.device, torch.dtype]:
         mm.load_models_gpu([self.patcher])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .safe_text import quoted
-from .ms_diffusion import MSDiffusionEncoder
+from ..safe_text import quoted
+from .model import MSDiffusionEncoder
 from .resampler import ResamplerConfig, fourier_embedding_dim
-from .safe_load import CheckpointError, foreign_format, read_tensors
+from ..safe_load import CheckpointError, foreign_format, read_tensors
 
 log = logging.getLogger("comfyui_multisubject.models")
 
