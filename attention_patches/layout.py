@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..models.safe_text import quoted
 
 MAX_BOXES = 32
+REGION_SIDE = 256  # a MASK region is kept at most this many pixels per side (finer than any latent cell grid up to 2048 px)
 MAX_LABEL_LENGTH = 200
 COORDINATES = ("x1", "y1", "x2", "y2")
 CUSTOM_PRESET = "custom"
@@ -59,6 +60,8 @@ class Layout:
     boxes: tuple[LayoutBox, ...]
     width: int
     height: int
+    # box i's painted region [H, W] (0..1) when the boxes came from a MASK, for kinds that use the shape (LAMIC)
+    regions: tuple[torch.Tensor, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def whole_image(cls, count: int, width: int = 1024, height: int = 1024) -> Layout:
@@ -177,7 +180,12 @@ def parse_single_box(text: str, name: str = "box") -> tuple[float, float, float,
 
 
 def boxes_from_mask(mask: torch.Tensor) -> tuple[LayoutBox, ...]:
-    """One box per batch entry of ``mask`` [B, H, W], or per connected region when B == 1.
+    """One box per batch entry of ``mask`` [B, H, W], or per connected region when B == 1 (see :func:`mask_regions`)."""
+    return tuple(box for box, _region in mask_regions(mask))
+
+
+def mask_regions(mask: torch.Tensor) -> tuple[tuple[LayoutBox, torch.Tensor], ...]:
+    """(bounding box, region [H, W] float 0..1) per batch entry of ``mask`` [B, H, W], or per connected region when B == 1.
 
     Regions are ordered left to right (then top to bottom), batch entries keep their order.
     At most ``MAX_BOXES`` of either; the regions' extents come from one labelling pass, so the
@@ -193,8 +201,8 @@ def boxes_from_mask(mask: torch.Tensor) -> tuple[LayoutBox, ...]:
     if entries > MAX_BOXES:
         raise LayoutError(f"the layout MASK has {entries} batch entries; at most {MAX_BOXES} subjects (one per entry) are supported")
     if entries > 1:
-        extents = [_extent(ndimage.find_objects((entry > 0.5).cpu().numpy().astype("uint8"))) for entry in mask]
-        extents = [e for e in extents if e is not None]
+        found = [(_extent(ndimage.find_objects((entry > 0.5).cpu().numpy().astype("uint8"))), _kept(entry)) for entry in mask]
+        found = [(extent, region) for extent, region in found if extent is not None]
     else:
         labels, count = ndimage.label((mask[0] > 0.5).cpu().numpy())
         if count > MAX_BOXES:
@@ -202,13 +210,26 @@ def boxes_from_mask(mask: torch.Tensor) -> tuple[LayoutBox, ...]:
                 f"the layout MASK has {count} separate regions; at most {MAX_BOXES} are supported (one per subject): "
                 "paint one solid region per subject, or give one batch entry per subject"
             )
-        extents = [_extent([found]) for found in ndimage.find_objects(labels)]
-    boxes = [LayoutBox(xs.start / width, ys.start / height, xs.stop / width, ys.stop / height) for ys, xs in extents]
-    if not boxes:
+        labelled = torch.from_numpy(labels)
+        found = [(_extent([extent]), _kept(mask[0].cpu() * (labelled == number + 1)))
+                 for number, extent in enumerate(ndimage.find_objects(labels))]
+    regions = [(LayoutBox(xs.start / width, ys.start / height, xs.stop / width, ys.stop / height), region)
+               for (ys, xs), region in found]
+    if not regions:
         raise LayoutError("the layout MASK is empty: paint one region per subject, or disconnect it to use the drawn boxes")
     if entries == 1:
-        boxes.sort(key=lambda b: (b.x1, b.y1))
-    return tuple(boxes)
+        regions.sort(key=lambda r: (r[0].x1, r[0].y1))
+    return tuple(regions)
+
+
+def _kept(region: torch.Tensor) -> torch.Tensor:
+    """A region as the layout keeps it: float, area-reduced to at most REGION_SIDE per side (bounded memory)."""
+    region = region.float().cpu()
+    scale = REGION_SIDE / max(region.shape)
+    if scale >= 1:
+        return region
+    size = (max(1, round(region.shape[0] * scale)), max(1, round(region.shape[1] * scale)))
+    return torch.nn.functional.interpolate(region[None, None], size=size, mode="area")[0, 0]
 
 
 def _extent(found: list) -> tuple[slice, slice] | None:

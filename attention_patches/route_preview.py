@@ -2,7 +2,10 @@
 
 ``RoutePlan`` is the ROUTES socket's payload. Rendering draws every subject in its own colour
 (the canvas widget's palette), outlined so it shows on any image, with a legend of phrases: a
-grid with one row per source (the boxes, each chosen step) and one column per attention resolution.
+grid with one row per source (the boxes, each chosen step) and one column per attention resolution,
+named in words ("fine detail layers", ...). Cells several subjects share are one striped region in
+their colours (no blended colour that reads as another subject); cells routed to no subject are
+hatched, never left looking like the image.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ TEXT = (235, 235, 235)
 NOTE = (255, 200, 90)
 HALO = (0, 0, 0)
 OUTLINE_WIDTH = 2  # pixels of each route's outline (and of the dark halo around it)
+STRIPE = 6  # pixels of each colour's stripe where subjects share cells
+MIN_FILL_CONTRAST = 60.0  # RGB distance a route's fill keeps from the image under it (a green route on green grass)
+NO_ROUTE_SPACING = 10  # pixels between the hatch lines of cells routed nowhere
+NO_ROUTE_DARK, NO_ROUTE_LIGHT = (0, 0, 0), (230, 230, 230)  # a double stroke: visible on dark and light images
 MIN_SHEET_WIDTH = 640  # room for a note line under narrow panels
 
 
@@ -66,6 +73,19 @@ def colour(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
+LAYER_WORDS = {1: ("all layers",), 2: ("fine detail layers", "composition layers"),
+               3: ("fine detail layers", "middle layers", "composition layers")}
+
+
+def layer_words(sizes: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Artist words for the attention resolutions (h, w) of a preview, finest first."""
+    ordered = sorted(set(sizes), key=lambda hw: -hw[0] * hw[1])
+    words = LAYER_WORDS.get(len(ordered))
+    if words is None:
+        words = ("fine detail layers", *(f"middle layers {i}" for i in range(1, len(ordered) - 1)), "composition layers")
+    return dict(zip(ordered, words))
+
+
 def outlines(routes: torch.Tensor, width: int = OUTLINE_WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
     """([S, H, W] inner edge, [S, H, W] halo just around it) of each route (covered where > 0.5)."""
     covered = (routes > 0.5).float()[:, None]
@@ -77,27 +97,64 @@ def outlines(routes: torch.Tensor, width: int = OUTLINE_WIDTH) -> tuple[torch.Te
     return edge[:, 0] > 0, halo[:, 0] > 0
 
 
+def fill_colours(weights: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """[H, W, 3] fill: a subject's colour where it is alone, diagonal stripes of each sharer's colour where several share."""
+    height, width = weights.shape[1:]
+    member = weights > 0
+    count = member.sum(axis=0)
+    stripe = (np.add.outer(np.arange(height), np.arange(width)) // STRIPE) % np.maximum(count, 1)
+    rank = np.cumsum(member, axis=0) - 1  # each member's place among the pixel's subjects
+    chosen = (member & (rank == stripe[None])).argmax(axis=0)
+    return colours[chosen] if len(colours) else np.zeros((height, width, 3), np.float32)
+
+
+def keep_contrast(out: np.ndarray, base: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Pull a fill that nearly matches the image under it (a green route on green grass) half way to black or white."""
+    close = where & (np.linalg.norm(out - base, axis=-1) < MIN_FILL_CONTRAST)
+    bright = base @ np.array([0.299, 0.587, 0.114], np.float32) > 110
+    out[close & bright] *= 0.5
+    out[close & ~bright] = out[close & ~bright] * 0.5 + 127.5
+    return out
+
+
+def mark_no_route(out: np.ndarray, routed: np.ndarray) -> None:
+    """Hatch the pixels routed to no subject with a dark and a light line, so they never look like the image."""
+    height, width = routed.shape
+    diagonal = np.subtract.outer(np.arange(height), np.arange(width)) % NO_ROUTE_SPACING
+    out[~routed & (diagonal == 0)] = NO_ROUTE_DARK
+    out[~routed & (diagonal == 1)] = NO_ROUTE_LIGHT
+
+
 def paint(routes: torch.Tensor, size: tuple[int, int], backdrop: np.ndarray | None) -> np.ndarray:
     """[S, h, w] routes -> [H, W, 3] uint8, each subject in its colour, over ``backdrop`` if given.
 
     Every route gets an outline in its colour inside a dark halo, so each colour stays visible on any
-    image (a green route on a green photo shows its dark halo, on a black one its colour).
+    image (a green route on a green photo shows its dark halo, on a black one its colour); its fill
+    keeps a contrast to the image under it. Shared cells are striped, unrouted cells hatched.
     """
     height, width = size
     up = F.interpolate(routes[None].float(), size=(height, width), mode="nearest")[0].clamp(0, 1)
-    colours = np.array([colour(i) for i in range(up.shape[0])], dtype=np.float32)
+    colours = np.array([colour(i) for i in range(up.shape[0])], dtype=np.float32).reshape(-1, 3)
     weights = up.numpy()
     coverage = weights.max(axis=0, initial=0.0)[..., None]
-    tint = np.einsum("shw,sc->hwc", weights, colours) / np.maximum(weights.sum(axis=0), 1e-6)[..., None]
     base = np.full((height, width, 3), BACKGROUND, np.float32) if backdrop is None else backdrop.astype(np.float32)
     opacity = OVERLAY_OPACITY if backdrop is not None else 1.0
-    out = base * (1 - opacity * coverage) + tint * opacity * coverage
+    out = base * (1 - opacity * coverage) + fill_colours(weights, colours) * opacity * coverage
+    out = keep_contrast(out, base, coverage[..., 0] > 0)
+    mark_no_route(out, coverage[..., 0] > 0)
     if up.shape[0]:
         edges, halos = (m.numpy() for m in outlines(up))
         out[halos.any(axis=0)] = HALO
         for s in range(up.shape[0]):
             out[edges[s]] = colours[s]
     return out.clip(0, 255).astype(np.uint8)
+
+
+def no_route_swatch() -> np.ndarray:
+    """The legend's swatch of the hatch that marks cells routed to no subject."""
+    swatch = np.full((16, 16, 3), BACKGROUND, np.float32)
+    mark_no_route(swatch, np.zeros((16, 16), bool))
+    return swatch.astype(np.uint8)
 
 
 def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], size: tuple[int, int],
@@ -114,7 +171,7 @@ def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], siz
     columns = min(columns or len(panels), len(panels)) or 1
     rows = -(-len(panels) // columns)
     cell_h = CAPTION_HEIGHT + panel_h
-    legend_h = LEGEND_ROW_HEIGHT * max(1, len(phrases)) + 6
+    legend_h = LEGEND_ROW_HEIGHT * (len(phrases) + 1) + 6
     notes_h = LEGEND_ROW_HEIGHT * len(notes)
     sheet_w = max(panel_w * columns, MIN_SHEET_WIDTH if notes else 0)
     sheet = Image.new("RGB", (sheet_w, cell_h * rows + legend_h + notes_h), BACKGROUND)
@@ -129,6 +186,9 @@ def render(panels: list[tuple[str, torch.Tensor]], phrases: tuple[str, ...], siz
         draw.rectangle((5, top + 2, 21, top + 18), fill=HALO, outline=TEXT)
         draw.rectangle((7, top + 4, 19, top + 16), fill=colour(s))
         draw.text((28, top + 2), f"{s + 1}  {printable(phrase, 60)}", fill=TEXT, font=font)
+    key = cell_h * rows + 4 + len(phrases) * LEGEND_ROW_HEIGHT
+    sheet.paste(Image.fromarray(no_route_swatch()), (5, key + 2))
+    draw.text((28, key + 2), "hatched: no route   striped: shared cells", fill=TEXT, font=font)
     for n, note in enumerate(notes):
         draw.text((6, cell_h * rows + legend_h + n * LEGEND_ROW_HEIGHT + 2), note, fill=NOTE, font=font)
     return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0)[None]

@@ -4,7 +4,7 @@ Each section runs in its own process (the real-size SDXL UNet alone needs ~10 GB
 the other: the subject encoder (which also writes the real-size random checkpoint the UNet
 section applies), single cross-attention calls, a tiny whole sampling run, a real-size UNet
 step, an AnyStory FLUX block, and a real-size SD1.5 UNet step with SSR-Encoder and with
-FastComposer. ``--quick`` shortens every section (smaller UNet latent, fewer rounds and shapes);
+FastComposer, and LAMIC (mask memory, masked attention, in-box share). ``--quick`` shortens every section (smaller UNet latent, fewer rounds and shapes);
 ``--only ssr,fastcomposer`` runs just those sections.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, PACK_ROOT, RESULTS_MD, cpu_summary, markdown_table  # noqa: E402
 
-SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory", "ssr", "fastcomposer")
+SECTIONS = ("encoder", "attention", "sampling", "unet", "anystory", "ssr", "fastcomposer", "lamic")
 TARGET_ATTENTION = 1.10  # patched call / lower bound
 TARGET_UNET_BOX = 1.05  # up to 4 subjects
 TARGET_UNET_AUTO = 1.10
@@ -94,6 +94,13 @@ def targets(results: dict) -> str:
             worst = max(group, key=lambda r: r["added_share"])
             rows.append([f"SDXL step, {label}: time the patch adds (instrumented)", f"<= {(goal - 1) * 100:.0f}%",
                          f"max {worst['added_share'] * 100:.2f}% ({worst['variant']})", verdict(worst["added_share"] <= goal - 1)])
+    lamic = results.get("lamic")
+    if lamic:
+        memory, attention = lamic["memory"], lamic["attention"]
+        rows.append(["LAMIC mask structure, FLUX.2 4 refs at 1 MP", f"<= {memory['target_mib']} MiB",
+                     f"{memory['worst_mib']:.2f} MiB", verdict(memory["worst_mib"] <= memory["target_mib"])])
+        rows.append(["LAMIC masked / unmasked joint attention", f"<= {attention['target']:.1f}x", f"max {attention['worst']:.3f}x",
+                     verdict(attention["worst"] <= attention["target"])])
     if not rows:
         return ""
     return "### Targets\n\n" + markdown_table(["target", "goal", "measured", ""], rows) + "\n"
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
         "machine is shared, so absolute times are noisy and the ratios are what to read. Sections: "
         + "; ".join(notes) + f"; total {total / 60:.1f} min.\n"
     )
-    order = ("attention", "unet", "sampling", "encoder", "anystory", "ssr", "fastcomposer")
+    order = ("attention", "unet", "sampling", "encoder", "anystory", "ssr", "fastcomposer", "lamic")
     body = "\n".join(texts[name] for name in order if name in texts)
     summary = targets(results)
     markdown = header + "\n" + summary + "\n" + body

@@ -128,7 +128,7 @@ class ApplyMultiSubjectAttention(io.ComfyNode):
         node_id = hidden.unique_id if hidden is not None else None
         warnings = subject_warnings(phrases, labels, positive + ([prompt] if auto_routing else []), subject_encoder)
         warnings += [f"subject {number}: {w}" for number, reference in unread for w in unused_input_warnings(subject_encoder, reference)]
-        show_warnings(NODE_NAME, node_id, warnings)
+        show_warnings(NODE_NAME, node_id, warnings + subject_encoder.binding_notes(tuple(subjects), layout))
         shown = layout if layout is not None else Layout.whole_image(len(phrases))
         return io.NodeOutput(patched, RoutePlan(shown, tuple(phrases), subject_encoder.preview_downscales, feather, recorder))
 

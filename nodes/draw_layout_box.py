@@ -3,7 +3,7 @@
 from comfy_api.latest import io, ui
 
 from ..attention_patches.layout import (
-    CUSTOM_PRESET, PRESETS, Layout, LayoutBox, LayoutError, boxes_from_mask, boxes_to_json, make_layout, parse_boxes,
+    CUSTOM_PRESET, PRESETS, Layout, LayoutBox, LayoutError, boxes_to_json, make_layout, mask_regions, parse_boxes,
     preset_boxes,
 )
 from .types import CATEGORY, SEARCHABLE, LayoutSocket
@@ -65,10 +65,10 @@ class DrawLayoutBox(io.ComfyNode):
         try:
             if mask is not None:
                 labels = [b.label for b in _labels_source(boxes)]
-                derived = boxes_from_mask(mask)
+                derived = mask_regions(mask)
                 layout = Layout(
-                    tuple(LayoutBox(b.x1, b.y1, b.x2, b.y2, labels[i] if i < len(labels) else "") for i, b in enumerate(derived)),
-                    width, height,
+                    tuple(LayoutBox(b.x1, b.y1, b.x2, b.y2, labels[i] if i < len(labels) else "") for i, (b, _) in enumerate(derived)),
+                    width, height, tuple(region for _, region in derived),
                 )
             else:
                 layout = make_layout(boxes, width, height, preset)

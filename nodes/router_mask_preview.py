@@ -7,7 +7,9 @@ import torch
 
 from comfy_api.latest import io, ui
 
-from ..attention_patches.route_preview import LATENT_SCALE, render
+from ..attention_patches.dit.attention_share import shares_by_step_range
+from ..attention_patches.route_preview import LATENT_SCALE, layer_words, render
+from ..models.safe_text import printable
 from .types import CATEGORY, SEARCHABLE, RoutesSocket
 
 NODE_NAME = "Router Mask Preview"
@@ -77,6 +79,19 @@ def parse_layers(text: str, recorded: list[str]) -> list[str]:
     return chosen
 
 
+def attention_share_notes(routes) -> list[str]:
+    """One line per step range: how much of each subject's recorded attention fell inside its box."""
+    if routes.recorder is None or not routes.recorder.steps or len(routes.layout.boxes) != len(routes.phrases):
+        return []
+    lines = []
+    for first, last, shares in shares_by_step_range(routes.recorder, routes.layout.tensor()):
+        steps = f"step {first + 1}" if first == last else f"steps {first + 1}-{last + 1}"
+        parts = ", ".join(f"{i + 1} {printable(phrase, 24)} {100 * float(share):.0f}%"
+                          for i, (phrase, share) in enumerate(zip(routes.phrases, shares)))
+        lines.append(f"in-box attention share, {steps}: {parts}")
+    return lines
+
+
 class RouterMaskPreview(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -107,14 +122,16 @@ class RouterMaskPreview(io.ComfyNode):
         height, width = (image.shape[1], image.shape[2]) if image is not None else (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
         recorded = routes.recorder.steps if routes.recorder is not None else []
         static = sorted(routes.static_routes(latent_h, latent_w).items(), reverse=True)
-        panels = [(f"boxes {h}x{w}", r) for (h, w), r in static]
+        words = layer_words([hw for hw, _ in static])
+        panels = [(f"boxes, {words[hw]}", r) for hw, r in static]
         chosen, missing = parse_steps(steps, recorded)
         picked = parse_layers(layers, routes.recorder.layers if routes.recorder is not None else [])
         where = f" {', '.join(picked)}" if picked and len(picked) <= 2 else (f" {len(picked)} blocks" if picked else "")
         for step in chosen:
             for (h, w), r in sorted(routes.recorder.routes_at(step, picked).items(), reverse=True):
-                panels.append((f"step {step + 1}{where} {h}x{w}", r))
+                panels.append((f"step {step + 1}{where}, {words.get((h, w), f'{h}x{w} layers')}", r))
         notes = [missing_steps_note(missing, recorded)] if missing else []
+        notes += attention_share_notes(routes)
         for note in notes:
             log.warning("%s: %s", NODE_NAME, note)
         masks = routes.image_masks(height, width, chosen[-1] if chosen else None, picked)

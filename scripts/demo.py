@@ -69,7 +69,7 @@ EXIT_MISSING = 2
 
 # a workflow without Missing Models metadata: the models folder of a loader's first widget
 LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "CLIPVisionLoader": "clip_vision", "MSP_LoadSubjectEncoder": "msdiffusion",
-                  "ControlNetLoader": "controlnet", "LoraLoader": "loras", "UNETLoader": "diffusion_models", "VAELoader": "vae",
+                  "ControlNetLoader": "controlnet", "LoraLoader": "loras", "UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders",
                   "StyleModelLoader": "style_models"}
 # real loader -> (test-only stand-in, extra inputs); the stand-ins build tiny random-weight models
 TINY_STAND_INS = {
@@ -78,6 +78,7 @@ TINY_STAND_INS = {
     "ControlNetLoader": ("MSPTest_TinyControlNetLoader", {}),
     "UNETLoader": ("MSPTest_TinyFluxLoader", {}),
     "DualCLIPLoader": ("MSPTest_TinyFluxClipLoader", {}),
+    "CLIPLoader": ("MSPTest_TinyCLIPLoader", {}),
     "VAELoader": ("MSPTest_TinyFluxVAELoader", {}),
     "StyleModelLoader": ("MSPTest_TinyReduxLoader", {}),
 }

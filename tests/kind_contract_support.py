@@ -141,9 +141,37 @@ def anystory(folder: Path) -> KindContract:
     )
 
 
+def lamic(folder: Path) -> KindContract:
+    import anystory_tiny
+
+    encoder = registry.builtin_kinds()["LAMIC (no weights file)"].builtin()
+    subjects = encoded_subjects(encoder, description="sitting")
+    generator = torch.Generator().manual_seed(7)
+    references = [torch.randn(1, anystory_tiny.LATENT_CHANNELS, 4, 4, generator=generator) for _ in range(2)]
+
+    def conditioning(seed):  # a Kontext conditioning: 512 T5 tokens and core ReferenceLatent's references
+        generator = torch.Generator().manual_seed(seed)
+        return [[torch.randn(1, 512, anystory_tiny.TXT_DIM, generator=generator),
+                 {"pooled_output": torch.randn(1, anystory_tiny.POOLED_DIM, generator=generator), "guidance": 2.5,
+                  "reference_latents": references}]]
+
+    def sampler(model, batch: int = 1, cfg: float = 2.0, seed: int = 0) -> torch.Tensor:
+        latent = torch.zeros(batch, anystory_tiny.LATENT_CHANNELS, 8, 8)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "simple", conditioning(1), conditioning(2), latent,
+                                   seed=seed, disable_pbar=True)
+
+    return KindContract(
+        model=anystory_tiny.tiny_flux_model(), wrong_model=tiny_sdxl(), encoder=encoder, subjects=subjects, sampler=sampler,
+        apply_inputs={"prompt": "dog,sitting.cat,sitting.on a lawn"},
+        records={},  # where each reference's attention went is measured while sampling, when the preview asks
+    )
+
+
 CONTRACTS: dict[str, Callable[[Path], KindContract]] = {
     "ms_diffusion_sdxl": ms_diffusion,
     "ssr_encoder_sd15": ssr_encoder,
     "fastcomposer_sd15": fastcomposer,
     "anystory_flux": anystory,
+    "lamic": lamic,
 }

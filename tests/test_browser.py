@@ -698,3 +698,270 @@ def test_canvas_palette_matches_route_preview(browser):
 
     backend = ["#%02x%02x%02x" % rgb for rgb in pack("attention_patches.route_preview").PALETTE]
     assert _canvas_module_constants(browser)["palette"] == backend
+
+
+# ------------------------------------------------------------------ undo / redo
+
+ADD_LATENT = SHOW_NODE + """
+const latent = LiteGraph.createNode('EmptyLatentImage');
+latent.pos = [560, 200];
+app.graph.add(latent);
+await app.loadGraphData(app.graph.serialize());  // a fresh workflow: its undo history starts here
+await showNode(app.graph.getNodeById(args[0]));
+return latent.id;
+"""
+
+VISIBLE_EDITOR = EDITOR + """
+// the editor canvas the artist sees and drags: in Nodes 2.0 the one inside the node's shell; on the
+// LiteGraph canvas the DOM widget overlay's; and whether it is the node's own editor
+const shell = document.querySelector(`.lg-node[data-node-id="${node.id}"]`);
+const seen = LiteGraph.vueNodesMode
+  ? shell?.querySelector('canvas.msp-layout-canvas')
+  : [...document.querySelectorAll('canvas.msp-layout-canvas')].find((c) => c.isConnected && c.offsetParent !== null);
+const own = canvasWidget.element.querySelector('canvas.msp-layout-canvas');
+const r = seen?.getBoundingClientRect();
+return {own: seen === own, connected: own.isConnected,
+        rect: r && {left: r.left, top: r.top, width: r.width, height: r.height}};
+"""
+
+
+def press(driver, *keys):
+    """A real key chord (e.g. Ctrl+Z) sent to whatever has the focus."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chain = ActionChains(driver)
+    for key in keys[:-1]:
+        chain.key_down(key)
+    chain.send_keys(keys[-1])
+    for key in reversed(keys[:-1]):
+        chain.key_up(key)
+    chain.perform()
+
+
+def visible_canvas(driver, node_id):
+    """The rect of the editor canvas on screen, once laid out (see VISIBLE_EDITOR)."""
+    return wait_for(lambda: (v := js(driver, VISIBLE_EDITOR, node_id))["rect"] and v["rect"]["width"] > 100 and v,
+                    message="the visible layout canvas")
+
+
+def assert_run_sends_what_the_canvas_shows(driver, node_id, expected):
+    """The API prompt the Run button builds carries the STRING, which is what the node's canvas draws."""
+    state = debug(driver, node_id)
+    prompt = js(driver, "return (await app.graphToPrompt()).output;")
+    sent = json.loads(prompt[str(node_id)]["inputs"]["boxes"])
+    shown = [{k: b[k] for k in ("x1", "y1", "x2", "y2", "label")} for b in state["rendered"]]
+    assert sent == shown == expected, {"sent": sent, "shown": shown, "expected": expected}
+
+
+def drag_box_by(driver, node_id, index, dx, dy):
+    """Drag box `index` on the canvas the artist sees by (dx, dy) image fractions; its expected new value."""
+    seen = visible_canvas(driver, node_id)
+    box = boxes_value(driver, node_id)[index]
+    middle = ((box["x1"] + box["x2"]) / 2, (box["y1"] + box["y2"]) / 2)
+    mouse_drag(driver, seen["rect"], middle, (middle[0] + dx, middle[1] + dy))
+    return seen
+
+
+def test_box_edits_after_undo_and_redo_reach_what_run_sends(browser, renderer):
+    """Edit, Ctrl+Z (also of an unrelated change), Ctrl+Y, edit again: the STRING, the canvas and the prompt agree."""
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    latent = js(driver, ADD_LATENT, node)
+    canvas_rect(driver, node)
+    js(driver, EDITOR + "boxesWidget.value = args[1];", node, json.dumps([
+        {"x1": 0.0625, "y1": 0.125, "x2": 0.375, "y2": 0.75, "label": "dog"},
+        {"x1": 0.5625, "y1": 0.125, "x2": 0.875, "y2": 0.75, "label": "cat"}]))
+    js(driver, "app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();")
+    width_of_latent = "return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'width').value;"
+
+    # move the dog, then an unrelated change (Empty Latent's width), then Ctrl+Z: only the width goes back
+    drag_box_by(driver, node, 0, 0.0625, 0.125)
+    wait_for(lambda: boxes_value(driver, node)[0]["x1"] > 0.1, message="the moved dog in the STRING")
+    moved = boxes_value(driver, node)
+    js(driver, """
+        const w = app.graph.getNodeById(args[0]).widgets.find((x) => x.name === 'width');
+        w.value = 640; w.callback?.(640);
+        app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();
+    """, latent)
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: js(driver, width_of_latent, latent) == 512, message="Ctrl+Z to undo the width change")
+    assert boxes_value(driver, node) == moved
+    assert_run_sends_what_the_canvas_shows(driver, node, moved)
+
+    # after that undo, the canvas on screen is the node's own, and an edit on it is what Run sends
+    seen = drag_box_by(driver, node, 1, -0.0625, 0.125)
+    assert seen["own"] and seen["connected"], f"{renderer}: after Ctrl+Z the visible canvas is not the node's editor: {seen}"
+    wait_for(lambda: boxes_value(driver, node)[1]["y1"] > 0.2, message="the moved cat in the STRING after Ctrl+Z")
+    cat_moved = boxes_value(driver, node)
+    assert cat_moved[0] == moved[0]
+    assert_run_sends_what_the_canvas_shows(driver, node, cat_moved)
+
+    # Ctrl+Z undoes that move, Ctrl+Y redoes it, and the canvas follows both
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: boxes_value(driver, node) == moved, message="Ctrl+Z to undo the cat's move")
+    assert_run_sends_what_the_canvas_shows(driver, node, moved)
+    press(driver, Keys.CONTROL, "y")
+    wait_for(lambda: boxes_value(driver, node) == cat_moved, message="Ctrl+Y to redo the cat's move")
+    assert_run_sends_what_the_canvas_shows(driver, node, cat_moved)
+
+    # one more edit after the redo, on the canvas the artist sees
+    seen = drag_box_by(driver, node, 0, 0.125, 0.0)
+    assert seen["own"] and seen["connected"], f"{renderer}: after Ctrl+Y the visible canvas is not the node's editor: {seen}"
+    wait_for(lambda: boxes_value(driver, node)[0]["x1"] > moved[0]["x1"] + 0.1, message="the dog moved after Ctrl+Y")
+    final = boxes_value(driver, node)
+    assert final[1] == cat_moved[1]
+    assert_run_sends_what_the_canvas_shows(driver, node, final)
+    assert not severe_logs(driver, EXTENSION_FILE)
+
+
+def test_a_typed_label_is_one_undo_step(browser, renderer):
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    rect = canvas_rect(driver, node)
+    js(driver, EDITOR + "boxesWidget.value = args[1];", node, json.dumps([
+        {"x1": 0.0625, "y1": 0.125, "x2": 0.375, "y2": 0.75, "label": "dog"},
+        {"x1": 0.5625, "y1": 0.125, "x2": 0.875, "y2": 0.75, "label": "cat"}]))
+    js(driver, "app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();")
+    before = boxes_value(driver, node)
+    click_at(driver, *at(rect, 0.2, 0.4))
+    wait_for(lambda: debug(driver, node)["selected"] == 0, message="box 1 selected by a click")
+    label = element(driver, node, "input.msp-layout-label")
+    label.click()
+    label.send_keys(Keys.CONTROL, "a")
+    label.send_keys("puppy")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"] == "puppy", message="the typed label in the STRING")
+    typed = boxes_value(driver, node)
+    click_at(driver, *at(rect, 0.45, 0.9))  # done typing: a click on the canvas, then the graph's undo
+    press(driver, Keys.CONTROL, "z")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"] != "puppy", message="Ctrl+Z after typing a label")
+    assert boxes_value(driver, node) == before, "one Ctrl+Z undoes the whole label, not one character"
+    press(driver, Keys.CONTROL, "y")
+    wait_for(lambda: boxes_value(driver, node) == typed, message="Ctrl+Y to bring the label back")
+    assert_run_sends_what_the_canvas_shows(driver, node, typed)
+
+
+def test_the_json_view_keeps_the_node_inside_its_group(browser, renderer):
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    workflow = js(driver, "return app.graph.serialize();")
+    saved = next(n for n in workflow["nodes"] if n["id"] == node)
+    saved["size"] = [560, 520]  # as in the examples, in a group just around it
+    workflow["groups"] = [{"id": 1, "title": "Layout", "bounding": [-10, -72, 580, 602], "color": "#3f789e", "font_size": 24, "flags": {}}]
+    load_workflow(driver, workflow, node)
+    canvas_rect(driver, node)
+    size = js(driver, EDITOR + "return [...node.size];", node)
+    canvas_before = debug(driver, node)["canvasCss"]
+    inside_group = EDITOR + """
+        const g = app.graph.groups[0].boundingRect;
+        const [x, y, w, h] = node.boundingRect;
+        return x >= g[0] && y >= g[1] && x + w <= g[0] + g[2] && y + h <= g[1] + g[3];
+    """
+    assert js(driver, inside_group, node)
+
+    element(driver, node, "button.msp-layout-json").click()
+    text_view = element(driver, node, "textarea.msp-layout-json-text")
+    wait_for(lambda: text_view.is_displayed() and text_view.size["height"] > 90, message="the JSON view")
+    show_node(driver, node)
+    assert js(driver, EDITOR + "return [...node.size];", node) == size, "opening the JSON view resized the node"
+    assert js(driver, inside_group, node), "opening the JSON view grew the node out of its group"
+    assert_editor_fits_node(driver, node, "the JSON view in a node of the examples' size")
+    canvas_with_json = debug(driver, node)["canvasCss"]
+    assert 40 <= canvas_with_json[1] < canvas_before[1]  # the canvas gives the JSON view its room
+    element(driver, node, "button.msp-layout-json").click()
+    wait_for(lambda: not text_view.is_displayed(), message="the JSON view hidden")
+    wait_for(lambda: debug(driver, node)["canvasCss"] == canvas_before, message="the canvas back to its size")
+    assert js(driver, EDITOR + "return [...node.size];", node) == size
+
+
+def test_a_pasted_node_over_the_original_never_covers_the_original_in_front(browser, renderer):
+    """Paste a copy overlapping the node, bring the original to the front: its label row is its own to click and type in."""
+    driver = browser
+    node = js(driver, NEW_GRAPH, WIDTH, HEIGHT, None)["box"]
+    rect = canvas_rect(driver, node)
+    click_at(driver, *at(rect, 0.2, 0.4))
+    wait_for(lambda: debug(driver, node)["selected"] == 0, message="box 1 selected by a click")
+    label_row = js(driver, EDITOR + """
+        const r = canvasWidget.element.querySelector('input.msp-layout-label').getBoundingClientRect();
+        return {x: r.left + r.width / 2, y: r.top + r.height / 2};
+    """, node)
+    # the copy's top edge a little above the original's label row (graph units = CSS px at zoom 1)
+    copy = js(driver, EDITOR + """
+        const before = new Set(app.graph.nodes.map((n) => n.id));
+        app.canvas.copyToClipboard([node]);
+        const top = (args[1] - app.canvas.canvas.getBoundingClientRect().top) / app.canvas.ds.scale - app.canvas.ds.offset[1] - 40;
+        app.canvas.pasteFromClipboard({position: [node.pos[0] + 60, top]});
+        return app.graph.nodes.find((n) => !before.has(n.id)).id;
+    """, node, label_row["y"])
+    wait_for(lambda: len(debug(driver, copy)["rendered"]) == 2, message="the pasted node's canvas")
+    # a click on the original's title selects it: it is in front (the copy was, being pasted last)
+    title = js(driver, NODE_AND_EDITOR, node)["node"]
+    click_at(driver, title["left"] + 60, title["top"] + (12 if renderer == "nodes2" else -15))
+    wait_for(lambda: js(driver, "return Object.keys(app.canvas.selected_nodes ?? {}).map(Number);") == [node],
+             message="the original selected")
+    js(driver, "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
+    hit = js(driver, EDITOR + """
+        const e = document.elementFromPoint(args[1], args[2]);
+        return {own: canvasWidget.element.contains(e), what: e && (e.className || e.tagName)};
+    """, node, label_row["x"], label_row["y"])
+    screenshot(driver, f"layout_pasted_overlap_{renderer}")
+    assert hit["own"], f"{renderer}: the original's label row is covered by {hit}"
+    click_at(driver, label_row["x"], label_row["y"])
+    driver.switch_to.active_element.send_keys("x")
+    wait_for(lambda: boxes_value(driver, node)[0]["label"].endswith("x"), message="typing into the original's label")
+    assert not boxes_value(driver, copy)[0]["label"].endswith("x")
+
+
+# ------------------------------------------------------------------ notes
+
+NOTE_GRAPH = SHOW_NODE + """
+app.graph.clear();
+await frames(2);
+const note = LiteGraph.createNode('MarkdownNote');
+note.pos = [0, 0];
+note.size = [420, 200];
+note.color = '#432';  // the examples' note colours
+note.bgcolor = '#653';
+note.widgets[0].value = args[0];
+app.graph.add(note);
+await app.loadGraphData(app.graph.serialize());
+await showNode(app.graph.getNodeById(note.id), 1.5);
+return note.id;
+"""
+
+
+def relative_luminance(rgb) -> float:
+    def channel(c):
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a, b) -> float:
+    high, low = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_model_file_names_in_notes_are_readable(browser, renderer):
+    """The examples' notes name model files as inline code: text and chip keep a contrast of at least 4.5 (WCAG AA)."""
+    import io
+
+    from PIL import Image
+
+    driver = browser
+    js(driver, NOTE_GRAPH, "Put `ms_adapter_sdxl.safetensors` in `models/msdiffusion/`.")
+    rect = wait_for(lambda: js(driver, """
+        const code = [...document.querySelectorAll('.widget-markdown code, .comfy-markdown code')].find((c) => c.offsetParent);
+        const r = code?.getBoundingClientRect();
+        return r && r.width > 20 ? {left: r.left, top: r.top, right: r.right, bottom: r.bottom} : null;
+    """), message="the note's inline code on screen")
+    js(driver, "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    chip = shot.crop((round(rect["left"]) + 1, round(rect["top"]) + 1, round(rect["right"]) - 1, round(rect["bottom"]) - 1))
+    pixels = list(chip.getdata())
+    background = max(set(pixels), key=pixels.count)  # the chip: the most common colour in its box
+    text = max(pixels, key=lambda p: abs(relative_luminance(p) - relative_luminance(background)))
+    ratio = contrast_ratio(text, background)
+    screenshot(driver, f"note_code_{renderer}")
+    assert ratio >= 4.5, f"{renderer}: inline code {text} on {background}: contrast {ratio:.2f} < 4.5"

@@ -37,8 +37,10 @@ EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
 SD15_EXAMPLES = {"ssr_two_subjects", "ssr_one_photo_two_subjects"}  # SSR-Encoder on SD1.5
 FLUX_EXAMPLES = {"anystory_flux"}  # AnyStory on FLUX.1-dev
 FASTCOMPOSER_EXAMPLES = {"fastcomposer_two_people"}  # FastComposer on SD1.5
+LAMIC_EXAMPLES = {"lamic_kontext_three_refs": "Kontext", "lamic_qwen_edit_two_refs": "Qwen-Image-Edit",
+                  "lamic_flux2_three_refs": "FLUX.2"}  # LAMIC on the in-context models
 EXPECTED = ({"two_subjects", "subject_and_scene", "three_subjects", "controlnet_canny", "lora", "hires_fix", "auto_routing"}
-            | SD15_EXAMPLES | FLUX_EXAMPLES | FASTCOMPOSER_EXAMPLES)
+            | SD15_EXAMPLES | FLUX_EXAMPLES | FASTCOMPOSER_EXAMPLES | set(LAMIC_EXAMPLES))
 REAL_MODELS = {"CheckpointLoaderSimple": "sd_xl_base_1.0.safetensors", "CLIPVisionLoader": "clip_vision_g.safetensors",
                "MSP_LoadSubjectEncoder": "ms_adapter.bin"}
 SD15_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors", "CLIPVisionLoader": "clip-vit-large-patch14.safetensors",
@@ -48,12 +50,23 @@ FLUX_REAL_MODELS = {"UNETLoader": "flux1-dev.safetensors", "VAELoader": "ae.safe
                     "MSP_LoadSubjectEncoder": "anystory_flux.bin"}
 FASTCOMPOSER_REAL_MODELS = {"CheckpointLoaderSimple": "v1-5-pruned-emaonly.safetensors",
                             "UNETLoader": "fastcomposer_unet.safetensors", "MSP_LoadSubjectEncoder": "fastcomposer_encoder.safetensors"}
+LAMIC_REAL_MODELS = {
+    "Kontext": {"UNETLoader": "flux1-kontext-dev.safetensors", "VAELoader": "ae.safetensors", "MSP_LoadSubjectEncoder": "LAMIC (no weights file)"},
+    "Qwen-Image-Edit": {"UNETLoader": "qwen_image_edit_2509_fp8_e4m3fn.safetensors", "CLIPLoader": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                        "VAELoader": "qwen_image_vae.safetensors", "MSP_LoadSubjectEncoder": "LAMIC (no weights file)"},
+    "FLUX.2": {"UNETLoader": "flux2_dev_fp8mixed.safetensors", "CLIPLoader": "mistral_3_small_flux2_bf16.safetensors",
+               "VAELoader": "flux2-vae.safetensors", "MSP_LoadSubjectEncoder": "LAMIC (no weights file)"},
+}
 # the official defaults of each kind: (CFG, sampler, subject scale, steps); FastComposer has no scale (the widget's default)
 DEFAULTS = {"SDXL": (7.5, "euler", 0.6, 30), "SD1.5": (5.0, "euler", 0.65, 30), "FLUX": (1.0, "euler", 0.6, 25),
-            "FastComposer": (5.0, "euler", 0.6, 50)}
+            "FastComposer": (5.0, "euler", 0.6, 50),
+            # LAMIC's on Kontext; ComfyUI's templates' on Qwen-Image-Edit-2509 and FLUX.2 (LAMIC has none there)
+            "Kontext": (1.0, "euler", 0.6, 20), "Qwen-Image-Edit": (2.5, "euler", 0.6, 20), "FLUX.2": (1.0, "euler", 0.6, 20)}
 
 
 def base_model(path) -> str:
+    if path.stem in LAMIC_EXAMPLES:
+        return LAMIC_EXAMPLES[path.stem]
     return "SD1.5" if path.stem in SD15_EXAMPLES else "FLUX" if path.stem in FLUX_EXAMPLES else "SDXL"
 
 
@@ -107,9 +120,14 @@ def shrink(prompt: dict, steps: int = TEST_STEPS) -> dict:
 
     Router Mask Preview keeps the example's steps: those beyond the shortened run are reported, not failed.
     """
+    # TextEncodeQwenImageEditPlus encodes its references at 1 MP whatever the output size: one CFG row keeps the run
+    # short (both rows: tests/lamic/test_qwen_properties.py)
+    one_row = any(node["class_type"] == "TextEncodeQwenImageEditPlus" for node in prompt.values())
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind in ("EmptyLatentImage", "MSP_DrawLayoutBox"):
+        if kind == "KSampler" and one_row:
+            inputs["cfg"] = 1.0
+        if kind in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyFlux2LatentImage", "MSP_DrawLayoutBox"):
             for key in ("width", "height"):
                 inputs[key] = max(64, inputs[key] // SHRINK // 8 * 8)
         elif kind == "KSampler":
@@ -128,7 +146,7 @@ def pixel_size(prompt: dict, ref: list) -> tuple[int, int]:
     """(width, height) of the image or latent that output ``ref`` carries."""
     node = prompt[ref[0]]
     kind, inputs = node["class_type"], node["inputs"]
-    if kind == "EmptyLatentImage":
+    if kind in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyFlux2LatentImage"):
         return inputs["width"], inputs["height"]
     if kind == "LatentUpscaleBy":
         width, height = pixel_size(prompt, inputs["samples"])
@@ -139,10 +157,12 @@ def pixel_size(prompt: dict, ref: list) -> tuple[int, int]:
 
 def positive_text(prompt: dict, sampler_id: str) -> str:
     ref = prompt[sampler_id]["inputs"]["positive"]
-    while prompt[ref[0]]["class_type"] != "CLIPTextEncode":
+    while prompt[ref[0]]["class_type"] not in ("CLIPTextEncode", "TextEncodeQwenImageEditPlus"):
         inputs = prompt[ref[0]]["inputs"]
-        ref = inputs.get("positive", inputs.get("conditioning"))  # through ControlNetApplyAdvanced, FluxGuidance
-    return prompt[ref[0]]["inputs"]["text"]
+        ref = inputs.get("positive", inputs.get("conditioning"))  # through ControlNetApplyAdvanced, FluxGuidance, ReferenceLatent
+    inputs = prompt[ref[0]]["inputs"]
+    text = inputs.get("text", inputs.get("prompt"))
+    return prompt[text[0]]["inputs"]["value"] if isinstance(text, list) else text  # a text node feeding it
 
 
 def view(server, image: dict) -> Image.Image:
@@ -191,8 +211,8 @@ def test_example_is_a_consistent_ui_workflow_with_the_official_defaults(path, ob
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
 
-    real_models = {"SD1.5": SD15_REAL_MODELS, "FLUX": FLUX_REAL_MODELS,
-                   "FastComposer": FASTCOMPOSER_REAL_MODELS}.get(defaults_of(path), REAL_MODELS)
+    real_models = {"SD1.5": SD15_REAL_MODELS, "FLUX": FLUX_REAL_MODELS, "FastComposer": FASTCOMPOSER_REAL_MODELS,
+                   **LAMIC_REAL_MODELS}.get(defaults_of(path), REAL_MODELS)
     for node_type, name in real_models.items():
         assert [n["widgets_values"][0] for n in by_type(workflow, node_type)] == [name], (path.name, node_type)
     cfg, sampler_name, default_scale, default_steps = DEFAULTS[defaults_of(path)]
@@ -243,6 +263,11 @@ FEATURES = {  # example -> (node type, how many), beyond the common graph
     "fastcomposer_two_people": {"MSP_EncodeReference": 2, "MSP_RouterMaskPreview": 1, "UNETLoader": 1, "CLIPVisionLoader": 0},
     "ssr_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 2, "MSP_DrawLayoutBox": 0},
     "ssr_one_photo_two_subjects": {"MSP_EncodeReference": 2, "LoadImage": 1, "MSP_DrawLayoutBox": 1, "MSP_RouterMaskPreview": 1},
+    "lamic_kontext_three_refs": {"MSP_EncodeReference": 3, "ReferenceLatent": 3, "T5TokenizerOptions": 1, "MSP_DrawLayoutBox": 1,
+                                 "MSP_RouterMaskPreview": 1},
+    "lamic_qwen_edit_two_refs": {"MSP_EncodeReference": 2, "TextEncodeQwenImageEditPlus": 2, "MSP_DrawLayoutBox": 1,
+                                 "MSP_RouterMaskPreview": 1},
+    "lamic_flux2_three_refs": {"MSP_EncodeReference": 3, "ReferenceLatent": 3, "MSP_DrawLayoutBox": 1, "MSP_RouterMaskPreview": 1},
 }
 
 

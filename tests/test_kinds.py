@@ -24,7 +24,7 @@ def test_every_kind_implements_the_interface():
     for kind in registry.KINDS:
         assert issubclass(kind, base.SubjectEncoder)
         assert not getattr(kind, "__abstractmethods__", None), kind
-        assert kind.kind and kind.title and kind.base_model and kind.model_folders, kind
+        assert kind.kind and kind.title and kind.base_model and (kind.model_folders or not kind.capabilities.needs_file), kind
     assert len({kind.kind for kind in registry.KINDS}) == len(registry.KINDS)
     assert set(registry.model_folders()) == {folder for kind in registry.KINDS for folder in kind.model_folders}
 
@@ -42,7 +42,7 @@ def test_unknown_files_name_what_they_are_and_what_the_pack_loads(tmp_path, pref
     save_file({f"{prefix}weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(registry.UnknownEncoderError, match=named) as error:
         registry.load_subject_encoder(path)
-    for kind in registry.KINDS:
+    for kind in registry.file_kinds():
         assert f"models/{kind.model_folders[0]}" in str(error.value)
 
 

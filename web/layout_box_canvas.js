@@ -1,7 +1,8 @@
 // Interactive box canvas for "Draw Layout Box" (MSP_DrawLayoutBox).
 //
-// Every .js file under web/ is loaded by the frontend as an extension module; this one and
-// node_search_words.js (the pack's search words) register extensions. The layout_*.js files are
+// Every .js file under web/ is loaded by the frontend as an extension module; this one,
+// node_search_words.js (the pack's search words) and note_code_contrast.js (readable inline code in
+// notes) register extensions. The layout_*.js files are
 // side-effect-free helpers this one imports:
 //   layout_boxes.js      the boxes as data (parse / serialize / presets / label cap / geometry)
 //   layout_drawing.js    drawing on the 2D canvas (bounded text fitting)
@@ -35,6 +36,7 @@ app.registerExtension({
       const editor = this.mspLayout;
       if (!editor) return;
       editor.sync(true);
+      editor.takeOverStaleEditor();
       // A workflow saved with a preset: its boxes become the drawn boxes (same result when run).
       const preset = editor.presetWidget?.value;
       if (isPreset(preset) && !editor.isLinked("preset")) {
@@ -52,6 +54,14 @@ app.registerExtension({
       this.mspLayout?.render();
     });
 
+    chainCallback(nodeType.prototype, "onSelected", function () {
+      this.mspLayout?.showSelected(true);
+    });
+
+    chainCallback(nodeType.prototype, "onDeselected", function () {
+      this.mspLayout?.showSelected(false);
+    });
+
     chainCallback(nodeType.prototype, "onRemoved", function () {
       this.mspLayout?.dispose();
     });
@@ -59,5 +69,6 @@ app.registerExtension({
 
   loadedGraphNode(node) {
     node.mspLayout?.sync(true);
+    node.mspLayout?.takeOverStaleEditor();
   },
 });

@@ -26,3 +26,14 @@ export function keepKeysLocal(input) {
     if (!e.ctrlKey && !e.metaKey && !e.altKey) e.stopPropagation();
   });
 }
+
+/** Attribute of a Nodes 2.0 node shell drawn in front of the nodes it overlaps (see LayoutEditor.showSelected);
+ * an attribute, not a class: Vue rewrites the shell's classes whenever the selection changes. */
+export const SELECTED_IN_FRONT = "data-msp-in-front";
+export const LAYOUT_CSS = `.lg-node[${SELECTED_IN_FRONT}] { z-index: 99999 !important; }`;
+
+/** Add a <style> element once (by id) to the page. */
+export function addStyle(id, css) {
+  if (document.getElementById(id)) return;
+  document.head.append(el("style", { id, textContent: css }));
+}

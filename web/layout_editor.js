@@ -12,7 +12,7 @@ import {
   area, capLabel, clamp, colourOf, COORDS, CUSTOM, GRID, isPreset, MAX_BOXES, MAX_LABEL,
   parseBoxes, placeNewBox, presetBoxes, PRESETS, sameGeometry, serializeBoxes,
 } from "./layout_boxes.js";
-import { el, BUTTON_STYLE, INPUT_STYLE, keepKeysLocal } from "./layout_dom.js";
+import { addStyle, el, BUTTON_STYLE, INPUT_STYLE, keepKeysLocal, LAYOUT_CSS, SELECTED_IN_FRONT } from "./layout_dom.js";
 import { drawScene } from "./layout_drawing.js";
 import { CANVAS_HELP, CanvasInteraction } from "./layout_interaction.js";
 import { JSON_VIEW_HEIGHT, JsonView } from "./layout_json_view.js";
@@ -20,9 +20,11 @@ import { chainCallback, publishWidgetValue, vueNodesMode, watchValue } from "./l
 
 export const CANVAS_WIDGET = "layout_canvas";
 const MIN_HEIGHT = 280; // CSS px of the editor without the JSON view
+const CANVAS_GIVES = 100; // CSS px the canvas gives up to the JSON view before the node has to grow
 
 export class LayoutEditor {
   constructor(node) {
+    addStyle("msp-layout-css", LAYOUT_CSS);
     this.node = node;
     const find = (name) => node.widgets?.find((w) => w.name === name);
     this.boxesWidget = find("boxes");
@@ -44,7 +46,8 @@ export class LayoutEditor {
     this.renderKey = "";
     this.cssW = 0;
     this.cssH = 0;
-    this.json = new JsonView((text) => this.onJsonEdit(text));
+    this.disposed = false; // the node was removed (undo / redo rebuilds nodes)
+    this.json = new JsonView((text) => this.onJsonEdit(text), () => this.tellChangeTracker());
     this.buildDom();
     this.interaction = new CanvasInteraction(this);
     this.hideBoxesWidget();
@@ -63,6 +66,25 @@ export class LayoutEditor {
     this.resizeObserver = new ResizeObserver(() => this.fit());
     this.resizeObserver.observe(this.stage);
     this.sync(true);
+  }
+
+  /**
+   * Nodes 2.0 keeps a node's component when undo / redo rebuilds the graph (same node id) and with it
+   * the element of the replaced node's editor, whose edits would reach the old node only: put this
+   * editor's element in its place. Called after configure and once more on the next frames.
+   */
+  takeOverStaleEditor() {
+    const swap = () => {
+      if (!vueNodesMode() || this.disposed || this.root.isConnected || this.node.graph !== app.canvas?.graph) return;
+      const shell = document.querySelector(`.lg-node[data-node-id="${CSS.escape(String(this.node.id))}"]`);
+      const stale = shell?.querySelector(".msp-layout");
+      if (stale && stale !== this.root) stale.replaceWith(this.root);
+    };
+    swap();
+    requestAnimationFrame(() => {
+      swap();
+      requestAnimationFrame(swap);
+    });
   }
 
   // ---------------------------------------------------------------- widgets / the STRING
@@ -187,26 +209,41 @@ export class LayoutEditor {
     this.commit(boxes, options);
   }
 
+  /** Typing in the JSON view: the undo step is taken when the text is done (its change event), not per key. */
   onJsonEdit(text) {
     if (!this.boxesWidget || this.isLinked("boxes")) return;
     this.boxesWidget.value = text;
     this.sync();
-    this.tellChangeTracker();
   }
 
   minHeight() {
-    return MIN_HEIGHT + (this.json.visible ? JSON_VIEW_HEIGHT + 4 : 0);
+    return MIN_HEIGHT + (this.json.visible ? JSON_VIEW_HEIGHT + 4 - CANVAS_GIVES : 0);
   }
 
+  /** The JSON view takes its room from the canvas: the node keeps its size (and stays inside its group) unless too small. */
   toggleJson() {
     this.json.visible = !this.json.visible;
     this.jsonButton.textContent = this.json.visible ? "hide JSON" : "JSON";
-    this.root.style.minHeight = `${this.minHeight()}px`; // Nodes 2.0 grows the node to its content
-    if (!vueNodesMode()) {
-      const grow = (this.json.visible ? 1 : -1) * (JSON_VIEW_HEIGHT + 4);
-      this.node.setSize([this.node.size[0], Math.max(this.node.size[1] + grow, 200)]);
+    this.root.style.minHeight = `${this.minHeight()}px`; // Nodes 2.0 grows the node only to its content's minimum
+    if (!vueNodesMode() && this.json.visible) {
+      const needed = this.node.computeSize?.()[1] ?? 0;
+      if (needed > this.node.size[1]) this.node.setSize([this.node.size[0], needed]);
     }
     this.node.setDirtyCanvas(true, true);
+  }
+
+  /** Nodes 2.0: select the node when its editor is used (the LiteGraph canvas does this for DOM widgets itself). */
+  selectNode() {
+    if (!vueNodesMode() || this.node.selected || !app.canvas || this.node.graph !== app.canvas.graph) return;
+    app.canvas.selectNode(this.node);
+  }
+
+  /**
+   * Nodes 2.0 brings a node forward when it is dragged, not when it is clicked: an overlapping node pasted
+   * later would keep covering this one's editor. While selected, the node is drawn in front.
+   */
+  showSelected(selected) {
+    this.root.closest(".lg-node")?.toggleAttribute(SELECTED_IN_FRONT, selected && vueNodesMode());
   }
 
   // ---------------------------------------------------------------- DOM
@@ -220,6 +257,9 @@ export class LayoutEditor {
       font: "12px sans-serif", color: "var(--input-text, #ddd)", overflow: "hidden", userSelect: "none",
     });
     this.root.addEventListener("pointerenter", () => this.poll());
+    // as the LiteGraph canvas does for DOM widgets: using the editor selects its node (and so brings it forward)
+    this.root.addEventListener("pointerdown", () => this.selectNode(), true);
+    this.root.addEventListener("focusin", () => this.selectNode());
     const toolbar = el("div", {}, { display: "flex", flexWrap: "wrap", gap: "4px", alignItems: "center", flex: "0 0 auto" });
     this.presetMenu = el("select", { className: "msp-layout-presets", title: "replace the boxes by a preset layout (labels are kept)" }, { ...INPUT_STYLE, width: "104px" });
     this.presetMenu.append(el("option", { value: "", textContent: "presets…" }));
@@ -256,7 +296,7 @@ export class LayoutEditor {
     toolbar.append(this.presetMenu, snapLabel, this.addButton, this.upButton, this.downButton, this.deleteButton, this.clearButton, this.jsonButton);
 
     // the canvas is out of the flow: the stage's size comes from the node, never from the canvas
-    this.stage = el("div", {}, { flex: "1 1 0", minHeight: "60px", position: "relative", overflow: "hidden" });
+    this.stage = el("div", {}, { flex: "1 1 0", minHeight: "44px", position: "relative", overflow: "hidden" });
     this.canvas = el("canvas", { className: "msp-layout-canvas", tabIndex: 0, title: CANVAS_HELP }, {
       position: "absolute", top: "0", left: "0", display: "block", touchAction: "none", cursor: "crosshair", outline: "none",
     });
@@ -272,12 +312,14 @@ export class LayoutEditor {
       type: "text", className: "msp-layout-label", placeholder: "label (subject phrase)", maxLength: MAX_LABEL,
       title: "the selected box's label: the subject's phrase, e.g. dog",
     }, { ...INPUT_STYLE, flex: "1 1 100px" });
+    // the label is written at every key, and becomes one undo step when typing is done
     this.labelInput.addEventListener("input", () => {
       const box = this.boxes[this.selected];
       if (!box || !this.editable()) return;
       box.label = capLabel(this.labelInput.value);
-      this.commit();
+      this.commit(this.boxes, { track: false });
     });
+    this.labelInput.addEventListener("change", () => this.tellChangeTracker());
     const labelRow = el("div", {}, { display: "flex", gap: "4px", alignItems: "center", flex: "1 1 140px", minWidth: "0" });
     labelRow.append(this.badge, this.labelInput);
     fields.append(labelRow);
@@ -508,6 +550,7 @@ export class LayoutEditor {
   }
 
   dispose() {
+    this.disposed = true;
     this.resizeObserver?.disconnect();
   }
 }

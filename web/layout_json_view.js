@@ -3,11 +3,11 @@
 
 import { el, INPUT_STYLE, keepKeysLocal } from "./layout_dom.js";
 
-export const JSON_VIEW_HEIGHT = 140;
+export const JSON_VIEW_HEIGHT = 112;
 
 export class JsonView {
-  /** onEdit(text) is called with the whole text after every keystroke / paste. */
-  constructor(onEdit) {
+  /** onEdit(text) is called with the whole text after every keystroke / paste; onDone once the text was changed and left. */
+  constructor(onEdit, onDone) {
     this.element = el("textarea", {
       className: "msp-layout-json-text", spellcheck: false,
       title: "the boxes as JSON: [{\"x1\", \"y1\", \"x2\", \"y2\" (fractions 0..1), \"label\"}, ...]",
@@ -17,6 +17,7 @@ export class JsonView {
     });
     keepKeysLocal(this.element);
     this.element.addEventListener("input", () => onEdit(this.element.value));
+    this.element.addEventListener("change", () => onDone());
     // the graph must not pan / select while the text is dragged over or scrolled
     for (const type of ["pointerdown", "wheel"]) this.element.addEventListener(type, (e) => e.stopPropagation());
   }

@@ -299,6 +299,10 @@ class SubjectEncoder(ABC):
     def encode(self, reference: Reference) -> Any:
         """The kind's encoding of one subject (features, tokens...); raise SubjectSetupError naming the fix."""
 
+    def binding_notes(self, subjects: tuple[Subject, ...], layout) -> list[str]:
+        """Lines Apply shows on its node about how the subjects are bound (e.g. which reference goes in which box)."""
+        return []
+
     @abstractmethod
     def apply(self, model, subjects: tuple[Subject, ...], layout, settings: ApplySettings, recorder=None):
         """A patched clone of ``model`` (never ``model`` itself); ``layout`` may be None where the kind allows it."""

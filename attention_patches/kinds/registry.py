@@ -15,10 +15,11 @@ from ...models.safe_text import quoted
 from .anystory.encoder import AnyStoryEncoder
 from .base import SubjectEncoder
 from .fastcomposer import FastComposerEncoder
+from .lamic.encoder import LamicEncoder
 from .ms_diffusion import MSDiffusionSDXL
 from .ssr_encoder import SSREncoder
 
-KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, AnyStoryEncoder, FastComposerEncoder)
+KINDS: tuple[type[SubjectEncoder], ...] = (MSDiffusionSDXL, SSREncoder, AnyStoryEncoder, FastComposerEncoder, LamicEncoder)
 
 
 class UnknownEncoderError(CheckpointError):

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tiny_models  # noqa: E402
 
 from .flux_stand_ins import FLUX_NODES, siglip_for  # noqa: E402
+from .incontext_stand_ins import INCONTEXT_NODES  # noqa: E402
 from .tiny_sd15_stand_ins import checkpoint_for, clip_vision_for  # noqa: E402
 
 CATEGORY = "multi_subject/testing"
@@ -108,7 +109,7 @@ class LayoutEcho(io.ComfyNode):
 class TestNodes(ComfyExtension):
     @override
     async def get_node_list(self):
-        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho, *FLUX_NODES]
+        return [TinyCheckpointLoader, TinySD15Loader, TinyCLIPVisionLoader, TinyControlNetLoader, LayoutEcho, *FLUX_NODES, *INCONTEXT_NODES]
 
 
 async def comfy_entrypoint():

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 import anystory_tiny
 
 from .fastcomposer_nodes import unet_for
+from .incontext_stand_ins import incontext_unet_for, incontext_vae_for
 
 CATEGORY = "multi_subject/testing"
 
@@ -51,7 +52,7 @@ class TinyFluxLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet_name, weight_dtype):
-        return io.NodeOutput(unet_for(unet_name) or flux_parts()[0])
+        return io.NodeOutput(unet_for(unet_name) or incontext_unet_for(unet_name) or flux_parts()[0])
 
 
 class TinyFluxClipLoader(io.ComfyNode):
@@ -79,7 +80,7 @@ class TinyFluxVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name):
-        return io.NodeOutput(flux_parts()[2])
+        return io.NodeOutput(incontext_vae_for(vae_name) or flux_parts()[2])
 
 
 class TinyReduxLoader(io.ComfyNode):
