@@ -19,8 +19,8 @@ import comfy.supported_models
 from ....models.lamic import flux2_text
 from ....models.lamic.text import text_layout
 from ..base import SubjectSetupError
-from .families import FamilyAdapter, register
-from .incontext import CallLayout, row_by_row, with_text_groups
+from .families import register
+from .incontext import CallLayout, CallTextFamily, row_by_row, with_text_groups
 
 
 def rows_differ(context) -> bool:
@@ -30,23 +30,12 @@ def rows_differ(context) -> bool:
 
 
 @register
-class Flux2Adapter(FamilyAdapter):
+class Flux2Adapter(CallTextFamily):
     family = "FLUX.2 [dev]"
     patch_size = 1
-    reads_texts = False
+    config_class = comfy.supported_models.Flux2
     missing_references = ("add core's ReferenceLatent node(s) to the positive conditioning, one per reference in box order "
                           "(VAE Encode with the FLUX.2 VAE, flux2-vae.safetensors)")
-
-    @classmethod
-    def accepts(cls, model) -> bool:
-        config = getattr(getattr(model, "model", None), "model_config", None)
-        return type(config) is comfy.supported_models.Flux2
-
-    def check_context(self, context) -> None:
-        """Any length: the padding group is read from each row per call."""
-
-    def text_layout(self, sad_texts, cei: str, context_tokens: int, official: bool = True):
-        raise SubjectSetupError("FLUX.2's text groups come from the padded context; they need the call's layout")
 
     def token_layout(self, x, context, ref_latents) -> CallLayout:
         layout = super().token_layout(x, context, ref_latents)
@@ -56,9 +45,6 @@ class Flux2Adapter(FamilyAdapter):
                                     "the prompt with CLIP Text Encode and the FLUX.2 text encoder")
         pieces = [("CEI", spans.cei[1] - spans.cei[0])]
         return with_text_groups(layout, text_layout(pieces, layout.text, padding="left"))
-
-    def call_text_layout(self, layout, sad_texts, cei: str, official: bool = True):
-        return layout.text_groups
 
     def install(self, model, wrapper) -> None:
         super().install(model, row_by_row(wrapper, rows_differ))

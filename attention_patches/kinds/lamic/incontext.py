@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ....models.lamic.text import TextLayout
 from ...dit.token_layout import TokenLayout
+from ..base import SubjectSetupError
+from .families import FamilyAdapter
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,27 @@ class CallLayout(TokenLayout):
     """A call's token layout plus the text groups of its text tokens."""
 
     text_groups: TextLayout | None = None
+
+
+class CallTextFamily(FamilyAdapter):
+    """A family whose text groups come from each call (its ``token_layout`` returns a :class:`CallLayout`)."""
+
+    reads_texts = False
+    config_class: ClassVar[type]  # the ComfyUI model config (supported_models) this family loads as
+
+    @classmethod
+    def accepts(cls, model) -> bool:
+        config = getattr(getattr(model, "model", None), "model_config", None)
+        return type(config) is cls.config_class
+
+    def check_context(self, context) -> None:
+        """Any length: the groups are read from the call."""
+
+    def text_layout(self, sad_texts, cei: str, context_tokens: int, official: bool = True):
+        raise SubjectSetupError(f"{self.family}'s text groups come from the encoded context; they need the call's layout")
+
+    def call_text_layout(self, layout, sad_texts, cei: str, official: bool = True):
+        return layout.text_groups
 
 
 def with_text_groups(layout: TokenLayout, text_groups: TextLayout) -> CallLayout:

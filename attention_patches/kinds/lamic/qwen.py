@@ -25,8 +25,8 @@ from ....models.lamic import qwen_text
 from ....models.lamic.text import text_layout
 from ...dit import masked_attention
 from ..base import SubjectSetupError
-from .families import WRAPPER_KEY, FamilyAdapter, register
-from .incontext import CallLayout, with_text_groups
+from .families import WRAPPER_KEY, register
+from .incontext import CallLayout, CallTextFamily, with_text_groups
 
 
 def flux_signature(wrapper):
@@ -45,24 +45,13 @@ def flux_signature(wrapper):
 
 
 @register
-class QwenEditAdapter(FamilyAdapter):
+class QwenEditAdapter(CallTextFamily):
     family = "Qwen-Image-Edit-2509"
     patch_size = 2
-    reads_texts = False
+    config_class = comfy.supported_models.QwenImage
     missing_references = ("encode the prompt with TextEncodeQwenImageEditPlus with its vae connected and the reference "
                           "images on image1, image2, image3 in box order (a Qwen-Image model without reference images "
                           "is not an edit model: load qwen_image_edit_2509)")
-
-    @classmethod
-    def accepts(cls, model) -> bool:
-        config = getattr(getattr(model, "model", None), "model_config", None)
-        return type(config) is comfy.supported_models.QwenImage
-
-    def check_context(self, context) -> None:
-        """Any length: the groups are read from it per call."""
-
-    def text_layout(self, sad_texts, cei: str, context_tokens: int, official: bool = True):
-        raise SubjectSetupError("Qwen-Image-Edit-2509's text groups come from the encoded pictures; they need the call's layout")
 
     def token_layout(self, x, context, ref_latents) -> CallLayout:
         layout = super().token_layout(x, context, ref_latents)
@@ -74,9 +63,6 @@ class QwenEditAdapter(FamilyAdapter):
         pieces = [(f"SAD_{i}", end - start) for i, (start, end) in enumerate(spans.pictures, start=1)]
         pieces.append(("CEI", spans.cei[1] - spans.cei[0]))
         return with_text_groups(layout, text_layout(pieces, layout.text, padding="none"))
-
-    def call_text_layout(self, layout, sad_texts, cei: str, official: bool = True):
-        return layout.text_groups
 
     def install(self, model, wrapper) -> None:
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, flux_signature(wrapper))
