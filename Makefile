@@ -5,6 +5,8 @@ VENV_PY := .venv/bin/python
 PORT ?= 8188
 TINY ?=
 WORKFLOW ?=
+SUBJECTS ?=
+SIZE ?=
 QUICK ?=
 FAST ?=
 
@@ -31,8 +33,10 @@ run: setup
 	$(VENV_PY) scripts/run_comfyui.py --port $(PORT)
 
 # WORKFLOW=NAME: another example of example_workflows/ (e.g. ssr_two_subjects, fastcomposer_two_people, anystory_flux)
+# SUBJECTS="dog=PATH cat=PATH": your reference photos (paths without spaces); SIZE=512 or SIZE="768 512": another size
 demo: setup
-	$(VENV_PY) -m scripts.demo $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),)
+	$(VENV_PY) -m scripts.demo $(if $(TINY),--tiny,) $(if $(WORKFLOW),--workflow $(WORKFLOW),) \
+		$(foreach subject,$(SUBJECTS),--subject $(subject)) $(if $(SIZE),--size $(subst x, ,$(SIZE)),)
 
 # QUICK=1: fewer rounds, cases and smaller sizes (under eight minutes on a GPU); on a CUDA GPU it runs there
 bench: setup

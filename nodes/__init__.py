@@ -11,11 +11,13 @@ from .encode_reference import EncodeReference
 from .kind_settings import settings_nodes
 from .load_subject_encoder import LoadSubjectEncoder
 from .notifier import NOTIFIER
-from .paths import register_model_folders
+from .paths import create_model_folders, provide_example_images, register_model_folders
 from .router_mask_preview import RouterMaskPreview
-from .safe_errors import loggable_errors
+from .safe_errors import loggable_errors, short_exception_names
 
 register_model_folders()
+create_model_folders()
+provide_example_images()
 
 NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     LoadSubjectEncoder,
@@ -25,6 +27,7 @@ NODES: list[type[io.ComfyNode]] = [loggable_errors(node) for node in (
     RouterMaskPreview,
     *settings_nodes(KINDS),
 )]
+short_exception_names()
 
 
 class MultiSubjectExtension(ComfyExtension):

@@ -4,13 +4,25 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..attention_patches.kinds.base import SubjectSetupError
-from ..attention_patches.kinds.registry import builtin_kinds, file_kinds, load_subject_encoder, model_folders
+from ..attention_patches.kinds.registry import builtin_kinds, file_kinds, kinds_for_file, load_subject_encoder, model_folders
 from ..models.safe_text import quoted
 from .paths import encoder_files, encoder_path
 from .types import CATEGORY, SEARCHABLE, SubjectEncoderSocket
 
 KNOWN_FILES = "; ".join(f"{kind.title} in models/{kind.model_folders[0]}" for kind in file_kinds())
-WHERE_TO_GET = "; ".join(f"{kind.title}: {kind.where_to_get}" for kind in file_kinds() if kind.where_to_get)
+
+
+def not_found_message(encoder_name: str) -> str:
+    """Where a missing file goes and where it comes from: only its own kind's, when its name tells the kind."""
+    kinds = kinds_for_file(encoder_name)
+    if not kinds:
+        folders = ", ".join(f"models/{folder}" for folder in model_folders())
+        return f"{quoted(encoder_name)} is not in the subject-encoder folders ({folders}); put it in its kind's folder (README, Models)."
+    parts = []
+    for kind in kinds:
+        looked_in = ", ".join(path for folder in kind.model_folders for path in folder_paths.get_folder_paths(folder))
+        parts.append(f"{kind.title}: put it in {looked_in}" + (f"; get {kind.where_to_get}" if kind.where_to_get else ""))
+    return f"{quoted(encoder_name)} not found. " + " | ".join(parts) + "."
 
 
 class LoadSubjectEncoder(io.ComfyNode):
@@ -40,9 +52,7 @@ class LoadSubjectEncoder(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, encoder_name: str) -> bool | str:
         if encoder_name not in builtin_kinds() and encoder_path(encoder_name) is None:
-            folders = ", ".join(path for folder in model_folders() for path in folder_paths.get_folder_paths(folder))
-            return (f"{quoted(encoder_name)} is not in the subject-encoder folders (looked in: {folders}). Put the file where it "
-                    f"belongs ({KNOWN_FILES}). Downloads: {WHERE_TO_GET}.")
+            return not_found_message(encoder_name)
         return True
 
     @classmethod

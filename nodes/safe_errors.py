@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
 from ..models.safe_text import is_loggable, loggable
 
 GUARDED_METHODS = ("execute", "validate_inputs")
+SHORT_MODULE = "multisubject"  # ComfyUI shows an error's type as module + class name: this instead of the pack's path
+PACK_PACKAGE = __package__.rpartition(".")[0]  # the pack's package, whatever folder it was installed under
 
 
 def _safe_exception(error: Exception) -> Exception:
@@ -48,3 +51,18 @@ def loggable_errors(node_class: type) -> type:
         if name in node_class.__dict__:
             setattr(node_class, name, classmethod(_guard(node_class.__dict__[name].__func__)))
     return node_class
+
+
+def short_exception_names() -> None:
+    """Name the pack's exception classes ``multisubject.<Class>`` where ComfyUI shows an error's type.
+
+    ComfyUI prints ``klass.__module__ + "." + klass.__qualname__``; under custom_nodes the module
+    is the pack's file path turned package (``.../custom_nodes/comfyui-multisubject.attention_patches...``).
+    Called once the pack's modules are imported; the classes themselves stay the same objects.
+    """
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == PACK_PACKAGE or name.startswith(PACK_PACKAGE + ".")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == name:
+                value.__module__ = SHORT_MODULE

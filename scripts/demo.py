@@ -9,8 +9,8 @@ and the route preview to ``output/``.
 workflow file): MS-Diffusion (two_subjects, lora, ...), SSR-Encoder (ssr_two_subjects, ...),
 FastComposer (fastcomposer_two_people) or AnyStory (anystory_flux).
 
-Real run -- the files it needs are the ones the example lists for ComfyUI's Missing Models dialog
-(each loader node's ``properties.models`` and the workflow's own ``models``: file, folder, URL),
+Real run -- the files it needs are the ones the example's model metadata lists (each loader node's
+``properties.models`` / ``manual_models`` and the workflow's own: file, folder, URL),
 plus its reference images in ComfyUI's ``input/`` (or ``--subject PHRASE=PATH``). For
 two_subjects:
 
@@ -25,8 +25,13 @@ with status 2.
 ``make demo TINY=1`` (``--tiny``) runs the same graph on tiny random-weight stand-ins (the test
 loaders in tests/custom_nodes/msp_test_nodes, and for the files no loader replaces -- the
 subject encoder, LoRAs -- tiny files written by devkit/tiny_files.py to a temporary models
-folder), with generated placeholder references where none are given: it shows that everything
-runs, not what the method does.
+folder), at the example's own size (``SIZE=`` / ``--size`` for another), with the example's
+reference drawings (example_workflows/input/) where no ``--subject`` is given: it shows that
+everything runs, not what the method does.
+
+The server logs at WARNING level only, and every line it logs while the prompt runs (the nodes'
+warnings: a phrase missing from the prompt, a UNet that is not FastComposer's, ...) is shown in
+the demo's console.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from pathlib import Path
 
 from devkit import tiny_files  # imports ComfyUI lazily (only the child that writes the files does)
 from scripts.embedded_comfyui import COMFYUI, ROOT, EmbeddedComfyUI, PromptRefused, ServerError, prepare_base
+from scripts.make_reference_images import IMAGES as EXAMPLE_IMAGES, draw_image
+from scripts.model_metadata import MANUAL_KEY
 from scripts.workflow_api import WorkflowError, link_origin, load_workflow, workflow_to_prompt
 
 EXAMPLES = ROOT / "example_workflows"
@@ -72,7 +79,8 @@ TINY_STAND_INS = {
     "StyleModelLoader": ("MSPTest_TinyReduxLoader", {}),
 }
 
-TINY_SIZE = (256, 256)  # the tiny models on a CPU: a fraction of a second per step at this size (seconds at 1024)
+SERVER_LOG_LEVEL = ("--verbose", "WARNING")  # so whatever the server logs while the prompt runs is worth showing
+TQDM_FRAGMENT = re.compile(r"^\s*\d+%\||it/s\]|s/it\]")  # the sampler's progress bar, already relayed as steps
 TINY_NOTICE = ("TINY MODE: tiny random-weight stand-ins for the example's models (base model, CLIP vision, subject encoder; "
                "test loaders from tests/custom_nodes/msp_test_nodes); the images are noise and only show that the graph runs")
 
@@ -120,16 +128,18 @@ def set_size(prompt: dict, width: int, height: int) -> None:
 
 
 def model_files(workflow: dict, nodes: dict[str, dict]) -> list[ModelFile]:
-    """Every model file the workflow loads, as ComfyUI's Missing Models dialog lists them.
+    """Every model file the workflow loads, with its folder and where to get it.
 
     A loader's file is its widget value that names a model; its folder and URL come from the node's
-    ``properties.models`` entry of that name (the examples have one for every file), else from
-    LOADER_FOLDERS. The workflow's own ``models`` are companion files no widget names (SSR-Encoder's
-    layers file beside its aligner).
+    entry of that name (``properties.models``, what ComfyUI's Missing Models dialog downloads, or
+    ``properties.manual_models``, the files an artist fetches by hand: scripts/model_metadata.py),
+    else from LOADER_FOLDERS. The workflow's own ``models`` and ``extra.manual_models`` are companion
+    files no widget names (SSR-Encoder's layers file beside its aligner).
     """
     files = []
     for node_id, node in nodes.items():
-        listed = {m.get("name"): m for m in (node.get("properties") or {}).get("models") or [] if isinstance(m, dict)}
+        properties = node.get("properties") or {}
+        listed = {m.get("name"): m for key in ("models", MANUAL_KEY) for m in properties.get(key) or [] if isinstance(m, dict)}
         values = node.get("widgets_values") if isinstance(node.get("widgets_values"), list) else []
         for index, value in enumerate(values):
             if not (isinstance(value, str) and value.lower().endswith(MODEL_FILE_SUFFIXES)):
@@ -139,7 +149,8 @@ def model_files(workflow: dict, nodes: dict[str, dict]) -> list[ModelFile]:
             if folder:
                 files.append(ModelFile(folder, value, entry.get("url", "") if entry else "", node_id, node["type"]))
     named = {(f.folder, f.name) for f in files}
-    for entry in workflow.get("models") or []:
+    companions = [*(workflow.get("models") or []), *((workflow.get("extra") or {}).get(MANUAL_KEY) or [])]
+    for entry in companions:
         if isinstance(entry, dict) and entry.get("directory") and entry.get("name") and (entry["directory"], entry["name"]) not in named:
             files.append(ModelFile(entry["directory"], entry["name"], entry.get("url", "")))
     return files
@@ -211,7 +222,7 @@ def find_models(comfyui: Path, models: list[ModelFile]) -> tuple[dict[str, tuple
 
 def resolve_images(comfyui: Path, images: dict[str, str], phrases: list[str], given: dict[str, Path],
                    tiny: bool) -> tuple[dict[str, Path | None], list[str]]:
-    """label -> the image to use (None: generate a placeholder, tiny only), and a line per missing image."""
+    """label -> the image to use (None: the example's drawing, tiny only), and a line per missing image."""
     unknown = sorted(set(given) - set(phrases))
     if unknown:
         raise DemoError(f"--subject {unknown[0]}=...: the workflow's subjects are {', '.join(phrases)}")
@@ -233,18 +244,20 @@ def resolve_images(comfyui: Path, images: dict[str, str], phrases: list[str], gi
     return chosen, missing
 
 
-def placeholder_reference(path: Path, index: int) -> None:
-    """A simple generated picture (a coloured blob on white), standing in for a subject photo."""
-    from PIL import Image, ImageDraw
+def example_drawing(name: str, target: Path) -> None:
+    """The example's reference drawing of that name (drawn afresh for a name the examples do not ship)."""
+    shipped = EXAMPLE_IMAGES / Path(name).name
+    if shipped.is_file():
+        shutil.copyfile(shipped, target)
+    else:
+        draw_image(name).save(target)
 
-    colours = [(150, 100, 60), (230, 140, 40), (90, 120, 200), (80, 160, 90)]
-    image = Image.new("RGB", (256, 256), "white")
-    draw = ImageDraw.Draw(image)
-    colour = colours[index % len(colours)]
-    draw.ellipse((48, 80, 208, 224), fill=colour)
-    draw.ellipse((88, 32, 168, 112), fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+
+def drawing_note(path: Path, hint: str) -> str:
+    """Said of an image that is the example's own drawing (the pack copies them into ComfyUI's input/), else ''."""
+    shipped = EXAMPLE_IMAGES / path.name
+    same = shipped.is_file() and path.is_file() and path.read_bytes() == shipped.read_bytes()
+    return " (the example's drawing)" + hint if same else ""
 
 
 TINY_WRITER = """
@@ -294,14 +307,37 @@ def describe_refusal(body: dict, prompt: dict) -> str:
     return "\n".join(lines) or json.dumps(body)[:2000]
 
 
-class ProgressRelay:
-    """Relays one prompt's websocket events to the terminal: which node runs, and the sampler's steps."""
+class ServerLogRelay:
+    """Shows what the server logs (warnings and errors: it runs at WARNING level) while the prompt runs."""
 
-    def __init__(self, prompt: dict):
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.offset = log_path.stat().st_size if log_path.exists() else 0
+
+    def relay(self) -> None:
+        if not self.log_path.exists():
+            return
+        with self.log_path.open("rb") as log_file:
+            log_file.seek(self.offset)
+            data = log_file.read()
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self.offset += complete
+        for line in re.split(r"[\r\n]+", data[:complete].decode(errors="replace")):
+            if line.strip() and not TQDM_FRAGMENT.search(line):
+                log.warning("server: %s", line.rstrip())
+
+
+class ProgressRelay:
+    """Relays one prompt's websocket events to the terminal: which node runs, the sampler's steps, the server's warnings."""
+
+    def __init__(self, prompt: dict, server_log: ServerLogRelay | None = None):
         self.prompt = prompt
         self.last_step = None
+        self.server_log = server_log
 
     def __call__(self, kind: str, data: dict) -> None:
+        if self.server_log is not None:
+            self.server_log.relay()
         if kind == "executing" and data.get("node") is not None:
             log.info("running %s", _title(self.prompt, data["node"]))
         elif kind == "progress":
@@ -314,11 +350,14 @@ class ProgressRelay:
 
 
 def run_prompt(server: EmbeddedComfyUI, prompt: dict, timeout: float) -> dict:
-    """Queue the prompt with progress relayed; the history entry, or a DemoError saying what failed."""
+    """Queue the prompt with progress and the server's warnings relayed; the history entry, or a DemoError saying what failed."""
+    server_log = ServerLogRelay(server.log_path)
     try:
-        history = server.run(prompt, timeout, on_event=ProgressRelay(prompt))
+        history = server.run(prompt, timeout, on_event=ProgressRelay(prompt, server_log))
     except PromptRefused as e:
         raise DemoError("the server refused the graph:\n" + describe_refusal(e.body, prompt)) from None
+    finally:
+        server_log.relay()
     for kind, data in history.get("status", {}).get("messages", []):
         if kind == "execution_error":
             raise DemoError(f"{_title(prompt, data.get('node_id'))} failed: {data.get('exception_type')}: "
@@ -391,12 +430,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", metavar="NAME",
                         help="another checkpoint of the example's base model in models/checkpoints (default: the example's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the workflow's)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
-                        help=f"image size (default: the workflow's; {TINY_SIZE[0]} {TINY_SIZE[1]} with --tiny)")
+    parser.add_argument("--size", type=int, nargs="+", metavar="PIXELS",
+                        help="image size: WIDTH HEIGHT, or one number for a square (default: the workflow's, with --tiny too)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--comfyui", type=Path, default=COMFYUI, help="the ComfyUI to run (default: the embedded .runtime/ComfyUI)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take before the demo gives up")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size is not None and (len(args.size) > 2 or min(args.size) < 16):
+        parser.error(f"--size takes WIDTH HEIGHT or one number of at least 16 pixels, got {' '.join(map(str, args.size))}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,7 +485,8 @@ def run_demo(args: argparse.Namespace) -> int:
         base, tiny_files = prepare_tiny_base(scratch / "comfyui", comfyui, models) if args.tiny else (None, None)
         input_dir = (base or comfyui) / "input"
         image_names = stage_images(chosen_images, images, input_dir, phrases)
-        server = EmbeddedComfyUI(args.output_dir / "demo-server.log", base=base, port=args.port or None, comfyui=comfyui)
+        server = EmbeddedComfyUI(args.output_dir / "demo-server.log", base=base, port=args.port or None, comfyui=comfyui,
+                                 extra_args=SERVER_LOG_LEVEL)
         try:
             log.info("starting ComfyUI on %s (server log: %s)", server.url, server.log_path)
             server.start(timeout=300)
@@ -453,8 +496,7 @@ def run_demo(args: argparse.Namespace) -> int:
             prepare_prompt(prompt, args, chosen_models, image_names)
             started = time.time()
             history = run_prompt(server, prompt, args.timeout)
-            stem = "-".join(filter(None, ("demo", "tiny" if args.tiny else "", other_workflow(args))))
-            written = save_outputs(server, history, prompt, args.output_dir, stem)
+            written = save_outputs(server, history, prompt, args.output_dir, output_stem(args.tiny, other_workflow(args)))
         except ServerError as e:
             raise DemoError(str(e)) from None
         except DemoError as e:
@@ -467,6 +509,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.tiny:
         log.info(TINY_NOTICE)
     return 0
+
+
+def output_stem(tiny: bool, workflow_name: str) -> str:
+    """demo, demo-NAME, demo-tiny, demo-tiny-NAME: a tiny run never overwrites a real one's image (README, make demo)."""
+    return "-".join(filter(None, ("demo", "tiny" if tiny else "", workflow_name)))
 
 
 def prepare_tiny_base(base: Path, comfyui: Path, models: list[ModelFile]) -> tuple[Path, TinyFiles]:
@@ -482,20 +529,20 @@ def stage_images(chosen: dict[str, Path | None], defaults: dict[str, str], input
     """Put each image into the server's input folder; label -> the name its LoadImage will use."""
     names = {}
     input_dir.mkdir(parents=True, exist_ok=True)
-    for index, (label, source) in enumerate(chosen.items()):
+    for label, source in chosen.items():
+        owners = label_phrases(label, phrases)
+        hint = f" (pass --subject {owners[0]}=PATH, or make demo SUBJECTS=\"{owners[0]}=PATH ...\", for your own)" if owners else ""
         if source is None:
             target = input_dir / defaults[label]
-            placeholder_reference(target, index)
-            owners = label_phrases(label, phrases)
-            hint = f" (pass --subject {owners[0]}=PATH for a real one)" if owners else ""
-            log.info("image '%s': generated placeholder %s%s", label, target, hint)
+            example_drawing(defaults[label], target)
+            log.info("image '%s': the example's drawing %s%s", label, target, hint)
         elif source.parent.resolve() == input_dir.resolve():
             target = source
-            log.info("image '%s': %s", label, source)
+            log.info("image '%s': %s%s", label, source, drawing_note(source, hint))
         else:
             target = input_dir / f"msp_demo_{''.join(c if c.isalnum() else '_' for c in label)}{source.suffix.lower() or '.png'}"
             shutil.copyfile(source, target)
-            log.info("image '%s': %s (copied to %s)", label, source, target)
+            log.info("image '%s': %s (copied to %s)%s", label, source, target, drawing_note(source, hint))
         names[defaults[label]] = target.name
     return names
 
@@ -513,7 +560,7 @@ def prepare_prompt(prompt: dict, args: argparse.Namespace, chosen_models: dict[s
             node["inputs"]["image"] = image_names[node["inputs"]["image"]]
     if args.tiny:
         use_tiny_stand_ins(prompt)
-    size = args.size or (TINY_SIZE if args.tiny else None)
+    size = (args.size * 2)[:2] if args.size else None
     if args.steps:
         set_steps(prompt, args.steps)
     if size:

