@@ -22,6 +22,14 @@ SETTINGS = (
 )
 
 
+def plain_model():
+    """A real ModelPatcher around a one-layer module: Apply's sampling-time checks need a MODEL's options."""
+    import comfy.model_patcher
+
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), load_device=cpu, offload_device=cpu)
+
+
 class SettingsKind(base.SubjectEncoder):
     """A test-only kind: declares one setting of every type and no weights file; Apply hands it its settings."""
 
@@ -53,7 +61,7 @@ class SettingsKind(base.SubjectEncoder):
 
     def apply(self, model, subjects, layout, settings, recorder=None):
         self.received = self.own_settings(settings)
-        return model
+        return model.clone()
 
 
 @pytest.fixture
@@ -66,7 +74,7 @@ def registered(monkeypatch):
 def run_apply(encoder, kind_settings_out=None, layout=None):
     subjects = nodes.EncodeReference.execute(image=torch.rand(1, 8, 8, 3),
                                              phrase="dog").args[0]
-    return nodes.ApplyMultiSubjectAttention.execute(model="MODEL", subject_encoder=encoder, subjects=subjects, scale=0.6,
+    return nodes.ApplyMultiSubjectAttention.execute(model=plain_model(), subject_encoder=encoder, subjects=subjects, scale=0.6,
                                                     start_percent=0.0, end_percent=1.0, drop_grounding=False,
                                                     kind_settings=kind_settings_out, layout=layout)
 
