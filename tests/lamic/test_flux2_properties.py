@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from incontext_support import LEFT, RIGHT, BatchProbe, patched, sample, with_dense_attention, with_reference
-from incontext_tiny import flux2_conditioning, seeded, tiny_flux2
+from lamic.incontext_support import LEFT, RIGHT, BatchProbe, patched, sample, with_dense_attention, with_reference
+from devkit.incontext_tiny import flux2_conditioning, seeded, tiny_flux2
 from devkit.pack import pack
 
 flux2 = pack("attention_patches.kinds.lamic.flux2")

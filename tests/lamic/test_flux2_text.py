@@ -11,7 +11,7 @@ import torch
 
 import comfy.text_encoders.flux
 
-from incontext_tiny import FLUX2_TXT_DIM, seeded, tiny_flux2
+from devkit.incontext_tiny import FLUX2_TXT_DIM, seeded, tiny_flux2
 from devkit.pack import pack
 
 flux2 = pack("attention_patches.kinds.lamic.flux2")

@@ -7,8 +7,8 @@ import torch
 
 from devkit import anystory_tiny as tiny_flux
 from devkit import tiny_models
-from incontext_support import LEFT, RIGHT, sample
-from incontext_tiny import flux2_conditioning, qwen_conditioning, tiny_flux2, tiny_qwen_image
+from lamic.incontext_support import LEFT, RIGHT, sample
+from devkit.incontext_tiny import flux2_conditioning, qwen_conditioning, tiny_flux2, tiny_qwen_image
 from devkit.pack import pack
 
 base = pack("attention_patches.kinds.base")

@@ -7,7 +7,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from lamic_tiny import golden_classes, golden_flux, reference_latents, target_hw, unpack
+from lamic.lamic_golden_support import golden_classes, golden_flux, reference_latents, target_hw, unpack
 from devkit.pack import pack
 
 masked = pack("attention_patches.dit.masked_attention")

@@ -258,7 +258,7 @@ def test_controlnet_in_the_same_graph(kontext, lamic):
     """A FLUX ControlNet (core's ControlNetApplyAdvanced) on the LAMIC model: it acts, and LAMIC still isolates the boxes."""
     import nodes as comfy_nodes
 
-    from lamic_tiny import tiny_flux_controlnet
+    from devkit.anystory_tiny import tiny_flux_controlnet
 
     control, state_dict = tiny_flux_controlnet()
     assert "controlnet_blocks.0.weight" in state_dict and "double_blocks.0.img_attn.norm.key_norm.scale" in state_dict

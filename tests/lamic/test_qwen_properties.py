@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from incontext_support import LEFT, RIGHT, BatchProbe, patched, sample, with_dense_attention, with_reference
-from incontext_tiny import qwen_conditioning, seeded, tiny_qwen_image
+from lamic.incontext_support import LEFT, RIGHT, BatchProbe, patched, sample, with_dense_attention, with_reference
+from devkit.incontext_tiny import qwen_conditioning, seeded, tiny_qwen_image
 from devkit.pack import pack
 
 qwen = pack("attention_patches.kinds.lamic.qwen")

@@ -10,7 +10,7 @@ import torch
 from comfy.text_encoders.qwen_vl import process_qwen2vl_images
 from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
 
-from incontext_tiny import tiny_qwen_edit_clip
+from devkit.incontext_tiny import tiny_qwen_edit_clip
 from devkit.pack import pack
 
 qwen_text = pack("models.lamic.qwen_text")

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from comfy_api.latest import io
 
-import incontext_tiny
+from devkit import incontext_tiny
 
 CATEGORY = "multi_subject/testing"
 QWEN_MARKER, FLUX2_MARKER = "qwen", "flux2"

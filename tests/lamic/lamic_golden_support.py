@@ -49,28 +49,3 @@ def target_hw(golden) -> tuple[int, int]:
     h, w = golden.cases["config"]["image_hw"]
     return h // 16, w // 16
 
-
-def tiny_flux_controlnet(seed: int = 21, depth: int = 2):
-    """An XLabs-layout FLUX ControlNet (``comfy.ldm.flux.controlnet.ControlNetFlux``) for the tiny FLUX, random weights.
-
-    Its state dict has the keys ComfyUI's loader routes to ``load_controlnet_flux_xlabs_mistoline``
-    (``controlnet_blocks.0.weight``, ``double_blocks.0.img_attn.norm.key_norm.scale``, ``input_hint_block``), and
-    it is built and wrapped as that loader does. The loader itself cannot build a tiny one: its key detection
-    fixes 24 heads and [16, 56, 56] RoPE axes, i.e. a 3072-wide ControlNet, and a ControlNet's width must be
-    the model's. Returns (the ControlNet, its state dict).
-    """
-    import comfy.controlnet
-    import comfy.ldm.flux.controlnet
-    import comfy.ops
-
-    from devkit.anystory_tiny import FLUX_CONFIG
-    from devkit.tiny_models import fill_seeded
-
-    config = {**FLUX_CONFIG, "depth": depth, "depth_single_blocks": 0}
-    built = fill_seeded(comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init, **config), seed)
-    state_dict = built.state_dict()
-    control_model = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init, **config)
-    control_model = comfy.controlnet.controlnet_load_state_dict(control_model, state_dict)
-    control = comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None,
-                                          extra_conds=["y", "guidance"])
-    return control, state_dict

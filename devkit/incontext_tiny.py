@@ -12,7 +12,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
 
-from devkit.tiny_models import fill_seeded
+from .tiny_models import fill_seeded
 
 QWEN_TXT_DIM = 32
 QWEN_CONFIG = {

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from fastcomposer_support import encode_ids, fastcomposer_encoder, sd15_clip
+from fastcomposer.fastcomposer_support import encode_ids, fastcomposer_encoder, sd15_clip
 from devkit.helpers import GOLDEN_TOLERANCE, assert_close
 from devkit.pack import pack
 
