@@ -2,7 +2,9 @@
 
 - kinds never import each other (neither their attention_patches/kinds/<kind>/ nor their models/<kind>/);
 - generic code never imports a kind: only attention_patches/kinds/registry.py lists them;
-- kinds/base.py and nodes/ never import auto_routing (a feature of the routed attention, not of the seam).
+- kinds/base.py and nodes/ never import auto_routing (a feature of the routed attention, not of the seam);
+- kinds never import attention_patches/patch.py (the routed attention's attn2 patch): what they share
+  comes from the layers (attention_patches/unet/, attention_patches/dit/) and the lifecycle.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ PACKAGES = ("attention_patches", "models", "nodes")  # the pack's code; tests, b
 KINDS_DIR = ROOT / "attention_patches" / "kinds"
 KIND_NAMES = sorted(p.name for p in KINDS_DIR.iterdir() if p.is_dir() and (p / "__init__.py").exists())
 REGISTRY = "attention_patches.kinds.registry"
+ROUTED_ATTENTION_PATCH = "attention_patches.patch"
 
 
 def module_name(path: Path) -> str:
@@ -80,9 +83,24 @@ def test_the_seam_and_the_nodes_never_import_auto_routing(module):
     assert "attention_patches.auto_routing" not in SOURCES[module]
 
 
+def reaches_into(imported: set[str], module: str) -> bool:
+    """Whether ``imported`` holds ``module`` or a name from it (``from ..patch import x`` lists both)."""
+    return any(name == module or name.startswith(f"{module}.") for name in imported)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in SOURCES if kind_of_module(m)))
+def test_kinds_never_import_the_routed_attentions_patch(module):
+    assert not reaches_into(SOURCES[module], ROUTED_ATTENTION_PATCH), \
+        f"kind {kind_of_module(module)}'s {module} imports attention_patches/patch.py: take what it needs from the layers"
+
+
 def test_the_rules_catch_a_violation():
-    """Relative imports are resolved the way Python does, so a kind reaching into another one is seen."""
+    """Relative imports are resolved the way Python does, so a kind reaching into another one (or into patch.py) is seen."""
     source = "from ..fastcomposer.tokens import x\nfrom ....models.anystory import reference\nfrom ..base import y\n"
     found = imports_of(source, "attention_patches.kinds.ms_diffusion.encoder", is_package=False)
     assert {kind_of_module(name) for name in found} - {None} == {"fastcomposer", "anystory"}
     assert "attention_patches.kinds.base" in found and "models.anystory.reference" in found
+    reaching = imports_of("from ...patch import chunk_rows\n", "attention_patches.kinds.fastcomposer.fusion_patch", is_package=False)
+    assert reaches_into(reaching, ROUTED_ATTENTION_PATCH)
+    own_patch = imports_of("from .patch import LamicPatch\n", "attention_patches.kinds.lamic.encoder", is_package=False)
+    assert not reaches_into(own_patch, ROUTED_ATTENTION_PATCH)
