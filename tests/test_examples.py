@@ -29,6 +29,9 @@ from scripts.workflow_api import WorkflowError, load_workflow, workflow_to_promp
 
 EXAMPLES_DIR = PACK_ROOT / "example_workflows"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
+# three examples (MS-Diffusion, AnyStory, FastComposer) as saved before the kinds declared their capabilities
+SAVED_DIR = PACK_ROOT / "tests" / "fixtures" / "saved_workflows"
+SAVED_WORKFLOWS = [SAVED_DIR / f"{name}.json" for name in ("two_subjects", "anystory_flux", "fastcomposer_two_people")]
 SD15_EXAMPLES = {"ssr_two_subjects", "ssr_one_photo_two_subjects"}  # SSR-Encoder on SD1.5
 FLUX_EXAMPLES = {"anystory_flux"}  # AnyStory on FLUX.1-dev
 FASTCOMPOSER_EXAMPLES = {"fastcomposer_two_people"}  # FastComposer on SD1.5
@@ -342,6 +345,30 @@ def test_a_workflow_saved_before_the_encoder_kinds_still_runs(examples_server, o
     assert all("layers" not in n["inputs"] for n in prompt.values() if n["class_type"] == "MSP_RouterMaskPreview")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+
+
+@pytest.mark.parametrize("path", SAVED_WORKFLOWS, ids=lambda p: p.stem)
+def test_an_example_saved_before_the_declared_capabilities_converts_as_today_and_runs(path, examples_server, object_info):
+    """A saved workflow keeps loading: node ids and input names are stable, so the old file converts to today's
+    example's prompt less the inputs added since, which take their defaults; and it runs."""
+    saved = workflow_to_prompt(load_workflow(path), object_info)
+    current = workflow_to_prompt(load_workflow(EXAMPLES_DIR / path.name), object_info)
+    assert {i: n["class_type"] for i, n in saved.items()} == {i: n["class_type"] for i, n in current.items()}
+    for node_id, node in current.items():
+        added = set(node["inputs"]) - set(saved[node_id]["inputs"])
+        definition = object_info[node["class_type"]]["input"]
+        for name in added:
+            spec = {**definition.get("required", {}), **definition.get("optional", {})}[name]
+            assert node["inputs"][name] == spec[1]["default"], (path.name, node["class_type"], name)
+        assert saved[node_id]["inputs"] == {k: v for k, v in node["inputs"].items() if k not in added}, (path.name, node_id)
+    prompt = runnable_prompt(load_workflow(path), object_info)
+    history = examples_server.run(prompt)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
+    image = history["outputs"][save]["images"][0]
+    assert Image.open(examples_server.base / "output" / image["subfolder"] / image["filename"]).size == pixel_size(prompt, [save])
+    preview = next(i for i, n in prompt.items() if n["class_type"] == "MSP_RouterMaskPreview")
+    assert history["outputs"][preview]["images"], f"{path.name}: Router Mask Preview showed nothing"
 
 
 def test_auto_routing_preview_shows_the_routes_the_model_used(examples_server, object_info):
