@@ -629,12 +629,12 @@ def test_every_example_has_the_thumbnail_the_template_browser_asks_for(examples_
     assert make_thumbnails.main(["--out", str(tmp_path)]) == 0
     for path in EXAMPLES:
         committed = EXAMPLES_DIR / f"{path.stem}.jpg"
-        assert committed.exists(), f"run scripts/make_thumbnails.py: {committed.name} is missing"
+        assert committed.exists(), f"run .venv/bin/python -m scripts.make_thumbnails: {committed.name} is missing"
         served = Image.open(io.BytesIO(examples_server.read(f"/api/workflow_templates/{PACK_LINK}/{path.stem}.jpg")))
         assert served.format == "JPEG" and served.size == (make_thumbnails.SIZE, make_thumbnails.SIZE)
         assert committed.stat().st_size < 40_000  # small
         fresh = np.asarray(Image.open(tmp_path / committed.name), dtype=np.int16)
-        assert np.abs(np.asarray(served, dtype=np.int16) - fresh).mean() < 1.0, f"{committed.name} is stale: run the script"
+        assert np.abs(np.asarray(served, dtype=np.int16) - fresh).mean() < 1.0, f"{committed.name} is stale: run .venv/bin/python -m scripts.make_thumbnails"
 
 
 NODE_TITLE_HEIGHT = 30  # LiteGraph's, in canvas units
