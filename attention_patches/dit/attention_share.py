@@ -42,7 +42,11 @@ def in_box_share(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 
 
 def shares_by_step_range(recorder, boxes: torch.Tensor, ranges: int = 3) -> list[tuple[int, int, torch.Tensor]]:
-    """[(first step, last step, [n] in-box shares)] of the recorded per-step maps, in up to ``ranges`` step ranges."""
+    """[(first step, last step, [n] in-box shares)] of the recorded per-step maps, in up to ``ranges`` step ranges.
+
+    The maps of a range are averaged per grid size and judged against the boxes at that grid (a UNet
+    records several resolutions); the range's shares are the mean over its grid sizes.
+    """
     from ..routing import box_routes
 
     steps = recorder.steps
@@ -50,11 +54,15 @@ def shares_by_step_range(recorder, boxes: torch.Tensor, ranges: int = 3) -> list
     out = []
     for first in range(0, len(steps), size):
         chunk = steps[first:first + size]
-        maps = [m for step in chunk for m in recorder.routes_at(step).values()]
-        if not maps:
+        by_grid: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for step in chunk:
+            for route in recorder.routes_at(step).values():  # [n, h, w]
+                by_grid.setdefault(tuple(route.shape), []).append(route.float())
+        if not by_grid:
             continue
-        mean = torch.stack(maps).mean(0)  # [n, h, w]
-        n, h, w = mean.shape
-        regions = box_routes(boxes[:n], h, w)
-        out.append((chunk[0], chunk[-1], in_box_share(mean.reshape(n, -1), regions)))
+        shares = []
+        for (n, h, w), maps in by_grid.items():
+            mean = torch.stack(maps).mean(0).reshape(n, -1)
+            shares.append(in_box_share(mean, box_routes(boxes[:n], h, w)))
+        out.append((chunk[0], chunk[-1], torch.stack(shares).mean(0)))
     return out

@@ -14,6 +14,7 @@ from devkit.pack import pack
 nodes = pack("nodes")
 patch_mod = pack("attention_patches.patch")
 auto_routing = pack("attention_patches.auto_routing")
+route_preview = pack("attention_patches.route_preview")
 phrase_tokens = pack("attention_patches.phrase_tokens")
 routing = pack("attention_patches.routing")
 
@@ -218,9 +219,12 @@ def test_preview_masks_equal_the_boxes_without_auto_routing(tiny_unet, tiny_enco
 def test_preview_shows_the_dynamic_routes_at_chosen_steps(tiny_unet, tiny_encoder, subjects, tiny_clip, caplog):
     model, routes = auto(tiny_unet, tiny_encoder, subjects)
     latent = {"samples": sample(model, tiny_clip, LATENT, steps=4, prompt=PROMPT)}
-    sheet, masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="1, final").args
+    with caplog.at_level(logging.WARNING, logger="comfyui_multisubject"):
+        sheet, masks = nodes.RouterMaskPreview.execute(routes=routes, latent=latent, steps="1, final").args
+    assert "in-box attention share, steps 1-2: 1 dog" in caplog.text  # the routes' share inside each box, per step range
     height, width = LATENT[0] * 8, LATENT[1] * 8
-    assert sheet.shape[2] == 2 * width  # a grid: one column per UNet resolution...
+    # a grid: one column per UNet resolution (the sheet is widened to fit the notes under it)...
+    assert sheet.shape[2] == max(2 * width, route_preview.MIN_SHEET_WIDTH)
     assert sheet.shape[1] > 3 * height  # ...one row each for the boxes, step 1 and the final step
     finest = routes.recorder.routes_at(3)[(8, 12)]
     expected = torch.nn.functional.interpolate(finest[None], size=(128, 192), mode="nearest")[0]
