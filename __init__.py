@@ -1,5 +1,5 @@
 """Multi-subject personalization for ComfyUI: several methods (one kind each: MS-Diffusion, SSR-Encoder,
-FastComposer, AnyStory, ...) behind the same nodes, patched into ComfyUI's own models."""
+FastComposer, AnyStory, LAMIC, ...) behind the same nodes, patched into ComfyUI's own models."""
 
 from .nodes import comfy_entrypoint
 
