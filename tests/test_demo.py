@@ -156,7 +156,7 @@ def test_make_demo_passes_subjects_and_size():
                             capture_output=True, text=True, timeout=60, cwd=PACK_ROOT)
     assert result.returncode == 0, result.stderr
     command = " ".join(result.stdout.replace("\\\n", " ").split())
-    assert "scripts/demo.py --subject dog=photos/rex.jpg --subject cat=/tmp/tom.png --size 768 512" in command, command
+    assert "-m scripts.demo --subject dog=photos/rex.jpg --subject cat=/tmp/tom.png --size 768 512" in command, command
 
 
 def sized_prompt(*args: str) -> dict:

@@ -99,10 +99,13 @@ def examples_server(comfy_server):
     draw.rectangle((20, 50, 70, 130), outline="white", width=4)
     draw.ellipse((95, 50, 145, 130), outline="white", width=4)
     edges.save(inputs / "canny_source.png")
+    written = []
     for path in EXAMPLES:  # the files no tiny loader replaces (subject encoders, LoRAs), written as `make demo TINY=1` does
         models, _ = demo.workflow_files(load_workflow(path))
-        tiny_files.write_tiny_files(comfy_server.base / "models", [(m.folder, m.name) for m in models])
-    return comfy_server
+        written += tiny_files.write_tiny_files(comfy_server.base / "models", [(m.folder, m.name) for m in models])
+    yield comfy_server
+    for file in written:  # the session server is left as found: later modules test what a missing file says
+        file.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -400,9 +403,14 @@ def test_anystory_preview_shows_the_learned_routes_per_chosen_step_and_block(exa
         history = examples_server.run(prompt)
         assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
         sizes[steps] = view(examples_server, history["outputs"][preview_id]["images"][0]).size
-    panel = sizes["final"][0] // 2  # the whole-image panel and the learned routes of the last step, side by side
-    assert sizes["1, final"][0] == 2 * panel  # one resolution: three panels in a 2 x 2 grid...
-    assert sizes["1, final"][1] > sizes["final"][1] + panel  # ...the third on a second row
+    route_preview = pack("attention_patches.route_preview")
+    width, height = pixel_size(prompt, prompt[preview_id]["inputs"]["latent"])
+    scale = min(1.0, route_preview.MAX_PANEL_SIDE / max(width, height))
+    panel_w, panel_h = round(width * scale), round(height * scale)
+    # the whole-image panel and the learned routes of the last step side by side (the sheet at least as wide as its notes)
+    assert sizes["final"][0] == max(2 * panel_w, route_preview.MIN_SHEET_WIDTH)
+    assert sizes["1, final"][0] == sizes["final"][0]  # one resolution: three panels in a 2 x 2 grid...
+    assert sizes["1, final"][1] > sizes["final"][1] + panel_h  # ...the third on a second row
     preview.update(steps="final", layers="single_blocks.99")
     history = examples_server.run(prompt)
     assert history["status"]["status_str"] == "error"
