@@ -71,9 +71,16 @@ class LamicEncoding:
         return self._latents[to_area]
 
 
+def bounded(name: str, text: str) -> str:
+    """``text`` itself, or an error: a list longer than any real one is refused rather than cut (a cut changes its meaning)."""
+    if len(text) > MAX_LIST_TEXT:
+        raise SubjectSetupError(f"{name} is {len(text)} characters long; at most {MAX_LIST_TEXT} are read: shorten it")
+    return text
+
+
 def parse_factors(text: str, count: int) -> tuple[float, ...]:
     """'1, 1.3, 1' -> one enhance factor per reference (empty: all 1)."""
-    parts = [p.strip() for p in text[:MAX_LIST_TEXT].split(",") if p.strip()]
+    parts = [p.strip() for p in bounded("enhance_factors", text).split(",") if p.strip()]
     if not parts:
         return (1.0,) * count
     try:
@@ -90,7 +97,7 @@ def parse_areas(text: str, count: int) -> tuple[float | None, ...]:
 
     One number applies to every reference.
     """
-    parts = [p.strip() for p in text[:MAX_LIST_TEXT].split(",") if p.strip()]
+    parts = [p.strip() for p in bounded("to_area", text).split(",") if p.strip()]
     if not parts:
         return (None,) * count
     limit = lamic_references.MAX_REFERENCE_PIXELS
@@ -109,7 +116,7 @@ def parse_areas(text: str, count: int) -> tuple[float | None, ...]:
 def parse_deoverlap(text: str, count: int) -> tuple[tuple[int, ...], ...]:
     """'2: 1; 3: 1, 2' -> per reference, the references whose regions it gives up in stage 1."""
     out: list[tuple[int, ...]] = [() for _ in range(count)]
-    for part in (p.strip() for p in text[:MAX_LIST_TEXT].split(";") if p.strip()):
+    for part in (p.strip() for p in bounded("deoverlap", text).split(";") if p.strip()):
         target, _, others = part.partition(":")
         try:
             i = int(target)
