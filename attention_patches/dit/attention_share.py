@@ -13,7 +13,7 @@ import torch
 
 from .masked_attention import TokenClasses
 
-QUERY_CHUNK = 1024
+SCORES_BUDGET = 256 * 2**20  # bytes of fp32 scores per chunk of queries: [B, H, chunk, S] stays bounded at real sizes
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, classes: TokenClasses, target: tuple[int, int],
@@ -25,9 +25,11 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, classes: TokenClasses,
     table = classes.additive_table(torch.float32).to(q.device)
     ids = classes.class_ids.to(q.device)
     scale = q.shape[-1] ** -0.5
+    batch, heads, length, _ = k.shape
+    chunk = max(1, SCORES_BUDGET // (4 * batch * heads * length))
     out = []
-    for start in range(target[0], target[1], QUERY_CHUNK):
-        stop = min(start + QUERY_CHUNK, target[1])
+    for start in range(target[0], target[1], chunk):
+        stop = min(start + chunk, target[1])
         scores = torch.einsum("bhqd,bhkd->bhqk", q[:, :, start:stop].float(), k.float()) * scale
         key_bias = table[ids[start:stop]][:, ids]
         probs = torch.softmax(scores + key_bias, dim=-1).mean(dim=(0, 1))  # [chunk, S]

@@ -96,3 +96,17 @@ def test_structure_is_small():
     ids = torch.randint(0, 12, (tokens,), generator=torch.Generator().manual_seed(0))
     classes = masked.TokenClasses(ids, torch.rand(12, 12, generator=torch.Generator().manual_seed(1)) > 0.3)
     assert masked.structure_bytes(classes) <= 64 * 2 ** 20
+
+
+def test_attention_share_in_bounded_query_chunks_equals_one_chunk(monkeypatch):
+    """The preview's measurement splits the queries by a byte budget (real sizes would need GiB of scores at once)."""
+    share = pack("attention_patches.dit.attention_share")
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 4, (40,), generator=g)
+    classes = masked.TokenClasses(ids, (torch.rand(4, 4, generator=g) > 0.3) | torch.eye(4, dtype=torch.bool))
+    q, k = torch.randn(2, 2, 40, 8, generator=g), torch.randn(2, 2, 40, 8, generator=g)
+    whole = share.reference_attention(q, k, classes, (8, 24), ((24, 32), (32, 40)))
+    monkeypatch.setattr(share, "SCORES_BUDGET", 4 * 2 * 2 * 40 * 3)  # three queries per chunk
+    chunked = share.reference_attention(q, k, classes, (8, 24), ((24, 32), (32, 40)))
+    assert whole.shape == (2, 16)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
