@@ -19,7 +19,7 @@ import time
 import torch
 
 from bench.common import (
-    BENCH_DIR, bench_data_dir, emit, interleaved, markdown_table, pack, row_boxes, rss_bytes, section_args,
+    PACK_ROOT, bench_data_dir, emit, interleaved, markdown_table, pack, row_boxes, rss_bytes, section_args,
     setup_runtime, write_real_size_checkpoint,
 )
 
@@ -64,8 +64,8 @@ def measure_rss(path: str) -> dict:
 
 
 def rss_in_fresh_process(path) -> dict:
-    out = subprocess.run([sys.executable, str(BENCH_DIR / "bench_encoder.py"), "--rss", str(path)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.bench_encoder", "--rss", str(path)], check=True,
+                         capture_output=True, text=True, cwd=PACK_ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
