@@ -16,11 +16,21 @@ import_comfy()
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # the tiny models' ops are too small to gain from threads; avoids oversubscription
+TORCH_THREADS = 1  # the tiny models' ops are too small to gain from threads; avoids oversubscription
+torch.set_num_threads(TORCH_THREADS)
 
 from devkit.pack import load_pack, pack  # noqa: E402
 
 load_pack()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """A test that takes more threads for a big model gives them back: two threads on the tiny models
+    that follow made them 4x slower on two busy cores."""
+    yield
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
 
 
 class GoldenSet:

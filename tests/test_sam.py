@@ -34,7 +34,7 @@ def test_variants_are_detected_from_the_keys():
 
 
 def test_sam_cuts_out_the_subject_and_that_mask_is_what_gets_encoded(sam_file, tiny_vision, tiny_clip, tiny_encoder, monkeypatch):
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # the real-size ViT-B gains from both cores (conftest gives the thread back)
     assert sam_file.name in nodes.EncodeReference.define_schema().inputs[6].options
     seen = []
     encode = tiny_vision.encode_image
