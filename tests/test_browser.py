@@ -742,7 +742,7 @@ def press(driver, *keys):
 # frontend makes to the graph on its own, a frame later (layout after a reload under load), is then
 # recorded at the next key: as its own undo step on top of the edit, so Ctrl+Z would undo it instead
 # of the edit. Before each chord the graph is settled: a pending change that leaves the layout node's
-# values alone is folded into the recorded state (and logged); a pending change of the boxes is an
+# boxes alone is folded into the recorded state (and logged); a pending change of the boxes is an
 # edit the node failed to record, and fails the test.
 SETTLE_TRACKER = """
 const [nodeId] = args;
@@ -750,9 +750,11 @@ const tracker = app.extensionManager.workflow.activeWorkflow.changeTracker;
 for (let i = 0; i < 2; i++) await new Promise((r) => requestAnimationFrame(r));
 const current = JSON.parse(JSON.stringify(app.graph.serialize()));
 if (tracker.constructor.graphEqual(tracker.activeState, current)) return {pending: false};
-const values = (state) => JSON.stringify(state.nodes.find((n) => String(n.id) === String(nodeId))?.widgets_values);
-if (values(tracker.activeState) !== values(current)) {
-  return {pending: true, boxes: true, recorded: values(tracker.activeState), current: values(current)};
+// widgets_values[i] is widget i's value (LGraphNode.serialize)
+const index = app.graph.getNodeById(nodeId).widgets.findIndex((w) => w.name === 'boxes');
+const boxes = (state) => state.nodes.find((n) => String(n.id) === String(nodeId))?.widgets_values?.[index];
+if (boxes(tracker.activeState) !== boxes(current)) {
+  return {pending: true, boxes: true, recorded: boxes(tracker.activeState), current: boxes(current)};
 }
 const changed = current.nodes.filter((n) => {
   const before = tracker.activeState.nodes.find((m) => m.id === n.id);
