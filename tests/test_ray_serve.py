@@ -119,8 +119,8 @@ def test_prompts_spread_over_two_replicas_survive_a_killed_replica_byte_identica
             assert result["status"]["status_str"] == "success", result["status"]
             assert result["images"] == reference["images"], f"prompt {number}: images differ from the single server's"
         assert [r["attempts"] for r in results][0] == 2 and all(r["attempts"] == 1 for r in results[1:])
-        assert {r["replica"] for r in results} - {killer.killed["pid"]}, results  # finished on live replicas
-        assert killer.killed["pid"] not in {r["replica"] for r in results}
+        # the killed prompt finished on a live replica; Serve may have given the killed one a short prompt before it
+        assert results[0]["replica"] != killer.killed["pid"], results
         # Serve replaced the killed replica (a third one reported in), and the killed one's ComfyUI died with it
         deadline = time.monotonic() + 60
         while len(list(status_dir.glob("replica-*.json"))) < 3 and time.monotonic() < deadline:
